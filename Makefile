@@ -1,0 +1,26 @@
+# Two commands do everything on a fresh machine (Python 3.10+):
+#   make study   install into .venv, then run the default text-to-SQL distillation study
+#   make test    install into .venv (with test extras), then run the test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: study test install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+study: $(STAMP)
+	$(BIN)/python experiments/text2sql_tiny/run.py $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

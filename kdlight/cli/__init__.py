@@ -1,0 +1,1 @@
+"""Console entry points: the only code that reads Hydra configs."""

@@ -1,0 +1,108 @@
+"""`kdlight-train`: train one model with one method, then evaluate it.
+
+    kdlight-train method=rkd model@teacher=llama-m model@student=llama-xs \
+        teacher.path=<teacher run>/model student.path=<student sft run>/model
+    kdlight-train stage=teacher method=sft model@teacher=llama-m     # fine-tune a teacher
+    kdlight-train -m method=sft,fkd,rkd model@student=llama-xs,llama-s
+
+`train(cfg)` is the only function that reads the config; it builds typed components and hands
+them over. Tests call it directly.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from kdlight.data.tokenizer import has_tokenizer, load_tokenizer
+from kdlight.models.build import ModelSpec, build_model, count_parameters
+from kdlight.models.vocab import ModelVocab, shared_vocab_size
+from kdlight.training.module import DistillationModule
+from kdlight.training.run import fit_and_evaluate, resolve_tokenizer
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+def train(cfg: DictConfig) -> dict:
+    """Build everything the config names, train, evaluate; returns the final metrics."""
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    output_dir = Path(cfg.paths.output_dir)
+    method = instantiate(cfg.method, _convert_="object")
+    trained, teacher_spec = _model_specs(cfg, method.needs_teacher)
+    datamodule = instantiate(cfg.data, _convert_="object")
+    datamodule.prepare_data()
+    datamodule.load()
+    tokenizer = resolve_tokenizer(instantiate(cfg.tokenizer), [s for s in (trained, teacher_spec) if s],
+                                  datamodule.training_texts(), output_dir / "tokenizer")
+    datamodule.connect(tokenizer)
+    student = build_model(trained, tokenizer)
+    teacher = build_model(teacher_spec, tokenizer) if teacher_spec else None
+    vocab_size = shared_vocab_size(tokenizer, _vocab_entries(cfg.stage, trained, student, teacher_spec, teacher))
+    module = DistillationModule(student, method, tokenizer, vocab_size, instantiate(cfg.optimizer),
+                                instantiate(cfg.loop), teacher, seed=cfg.seed)
+    logger = instantiate(cfg.logger) if cfg.logger else False
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    identity = {"method": method.name, "stage": cfg.stage, "model": trained.name, "data": cfg.data_name,
+                "seed": cfg.seed, "teacher": teacher_spec.name if teacher_spec else None,
+                "teacher_params": count_parameters(teacher) if teacher is not None else None}
+    log.info(f"{cfg.stage} {trained.name} ({count_parameters(student):,} parameters) with {method.name}"
+             + (f", teacher {teacher_spec.name} ({identity['teacher_params']:,})" if teacher_spec else ""))
+    try:
+        return fit_and_evaluate(module, trainer, datamodule, output_dir, identity)
+    finally:
+        _finish_loggers(trainer)
+
+
+def _model_specs(cfg: DictConfig, needs_teacher: bool) -> tuple[ModelSpec, ModelSpec | None]:
+    """The model to train and the frozen teacher (if the method needs one)."""
+    if cfg.stage == "teacher":
+        if needs_teacher:
+            raise ValueError(f"stage=teacher fine-tunes the teacher on its own, so the method must need no "
+                             f"teacher (use method=sft); got method={cfg.method.name}")
+        return instantiate(cfg.teacher), None
+    if cfg.stage != "student":
+        raise ValueError(f"stage must be 'teacher' or 'student', got '{cfg.stage}'")
+    teacher = instantiate(cfg.teacher) if needs_teacher else None
+    if teacher is not None and teacher.path is None:
+        log.warning(f"method {cfg.method.name} distils from a randomly initialised teacher: set "
+                    "teacher.path=<teacher run>/model to distil from a trained one")
+    return instantiate(cfg.student), teacher
+
+
+def _vocab_entries(stage, trained, student, teacher_spec, teacher) -> list[ModelVocab]:
+    def own(spec: ModelSpec):
+        return load_tokenizer(spec.path) if has_tokenizer(spec.path) else None
+
+    entries = [ModelVocab(stage, student, own(trained))]
+    if teacher is not None:
+        entries.append(ModelVocab("teacher", teacher, own(teacher_spec)))
+    return entries
+
+
+def _finish_loggers(trainer: L.Trainer) -> None:
+    """Always close W&B runs, also on failure, so the next job of a multirun starts cleanly."""
+    for logger in trainer.loggers:
+        experiment_finish = getattr(getattr(logger, "_experiment", None), "finish", None)
+        if callable(experiment_finish):
+            experiment_finish()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    log.info("config:\n" + OmegaConf.to_yaml(cfg, resolve=True))
+    metrics = train(cfg)
+    return metrics.get(cfg.optimized_metric)
+
+
+if __name__ == "__main__":
+    main()

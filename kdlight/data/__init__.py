@@ -1,0 +1,1 @@
+"""Datasets, prompts, tokenizers and the batch layout shared by every method."""

@@ -1,0 +1,261 @@
+"""Spider-format text-to-SQL data: examples, schemas and the CodeS-style schema prompt.
+
+Format (BENCHMARKS.md §1): `<split>.json` with `db_id`, a question field and `query`;
+`tables.json` with Spider schemas; databases at `<db_root>/<db_id>/<db_id>.sqlite`. A dataset may
+have several database roots, searched in order (Spider-DK's own databases before Spider's).
+
+The prompt follows CodeS as used by KID: schema per table (columns with type, key and sample
+values), foreign keys, database values matched in the question, then the question. Every part can
+be switched off (`PromptParts`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+from collections import Counter
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PromptParts:
+    """Which parts of the CodeS schema prompt to include.
+
+    Attributes:
+        column_types: `( int | ... )` after each column.
+        primary_keys: mark primary-key columns.
+        sample_values: up to `values_per_column` distinct values read from the database.
+        foreign_keys: the `foreign keys :` section.
+        matched_contents: database values that occur in the question.
+        values_per_column: how many sample values (CodeS uses 2).
+        max_value_chars: longer values are skipped as samples.
+    """
+
+    column_types: bool = True
+    primary_keys: bool = True
+    sample_values: bool = True
+    foreign_keys: bool = True
+    matched_contents: bool = True
+    values_per_column: int = 2
+    max_value_chars: int = 25
+
+
+@dataclass
+class SqlExample:
+    """One question with its gold SQL and the databases it runs on.
+
+    `db_path` is None when the database is missing: such an example can still be trained on
+    (the schema comes from tables.json) but cannot be executed, and evaluation counts it apart.
+    `suite` lists every database of the example's test suite (all `.sqlite` in its folder).
+    """
+
+    db_id: str
+    question: str
+    query: str
+    db_path: Path | None
+    suite: list[Path] = field(default_factory=list)
+    hardness: str | None = None
+    prompt: str = ""
+
+
+@dataclass
+class LoadReport:
+    """What a loader could and could not use, so nothing is dropped silently."""
+
+    file: str
+    n_examples: int = 0
+    missing_database: Counter = field(default_factory=Counter)
+    missing_schema: Counter = field(default_factory=Counter)
+
+    def summary(self) -> str:
+        text = f"{self.file}: {self.n_examples} examples"
+        if self.missing_database:
+            n = sum(self.missing_database.values())
+            text += f"; {n} without a database (cannot be executed): {dict(self.missing_database)}"
+        if self.missing_schema:
+            n = sum(self.missing_schema.values())
+            text += f"; {n} skipped, db_id not in tables.json: {dict(self.missing_schema)}"
+        return text
+
+
+@dataclass(frozen=True)
+class SpiderSource:
+    """Where a Spider-format dataset lives.
+
+    Attributes:
+        root: dataset folder; relative file names below are resolved against it.
+        train_file: training split (e.g. `train.json`).
+        eval_file: evaluation split (e.g. `dev.json`).
+        tables_file: Spider schemas.
+        db_roots: database folders searched in order for `<db_id>/<db_id>.sqlite`.
+        question_field: the example key holding the question (`SpiderSynQuestion` for Spider-Syn).
+    """
+
+    root: str
+    train_file: str = "train.json"
+    eval_file: str = "dev.json"
+    tables_file: str = "tables.json"
+    db_roots: tuple[str, ...] = ("database",)
+    question_field: str = "question"
+
+    def resolve(self) -> SpiderSource:
+        if not Path(self.root).is_dir():
+            raise FileNotFoundError(f"Spider-format dataset folder not found: {self.root} "
+                                    "(set data.source.root to your copy)")
+        return self
+
+    def path(self, name: str) -> Path:
+        return Path(self.root) / name
+
+
+def load_examples(source: SpiderSource, file: str, parts: PromptParts) -> tuple[list[SqlExample], LoadReport]:
+    """Read one split, attach databases and prompts, and report what could not be used."""
+    source = source.resolve()
+    schemas = load_schemas(source.path(source.tables_file))
+    path = source.path(file)
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
+    report = LoadReport(str(path))
+    examples = []
+    for i, item in enumerate(raw):
+        for key in ("db_id", source.question_field, "query"):
+            if key not in item:
+                raise KeyError(f"{path}: example {i} has no '{key}' (keys: {sorted(item)})")
+        db_id = item["db_id"]
+        if db_id not in schemas:
+            report.missing_schema[db_id] += 1
+            continue
+        db_path = find_database(source, db_id)
+        if db_path is None:
+            report.missing_database[db_id] += 1
+        example = SqlExample(db_id, item[source.question_field], item["query"], db_path,
+                             suite=test_suite(db_path), hardness=item.get("hardness"))
+        example.prompt = build_prompt(schemas[db_id], example.question, db_path, parts)
+        examples.append(example)
+    report.n_examples = len(examples)
+    return examples, report
+
+
+def find_database(source: SpiderSource, db_id: str) -> Path | None:
+    for root in source.db_roots:
+        candidate = source.path(root) / db_id / f"{db_id}.sqlite"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def test_suite(db_path: Path | None) -> list[Path]:
+    """All databases in the folder of `db_path`, the main one first."""
+    if db_path is None:
+        return []
+    others = sorted(p for p in db_path.parent.glob("*.sqlite") if p != db_path)
+    return [db_path, *others]
+
+
+def load_schemas(path: Path) -> dict[str, dict]:
+    try:
+        return {entry["db_id"]: entry for entry in json.loads(Path(path).read_text())}
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"schema file not found: {path}") from err
+
+
+def build_prompt(schema: dict, question: str, db_path: Path | None, parts: PromptParts) -> str:
+    """The CodeS prompt: schema, foreign keys, matched contents, question."""
+    lines = ["database schema :"]
+    values = _column_values(str(db_path), parts.values_per_column, parts.max_value_chars) if db_path else {}
+    tables = schema["table_names_original"]
+    primary = set(schema["primary_keys"]) if parts.primary_keys else set()
+    for ti, table in enumerate(tables):
+        cols = []
+        for ci, (owner, col) in enumerate(schema["column_names_original"]):
+            if owner != ti:
+                continue
+            notes = []
+            if parts.column_types:
+                notes.append(schema["column_types"][ci])
+            if ci in primary:
+                notes.append("primary key")
+            sample = values.get((table.lower(), col.lower()), [])
+            if parts.sample_values and sample:
+                notes.append("values : " + " , ".join(sample))
+            cols.append(f"{table}.{col}" + (f" ( {' | '.join(notes)} )" if notes else ""))
+        lines.append(f"table {table} , columns = [ {' , '.join(cols)} ]")
+    if parts.foreign_keys and schema["foreign_keys"]:
+        lines.append("foreign keys :")
+        names = schema["column_names_original"]
+        for a, b in schema["foreign_keys"]:
+            lines.append(f"{tables[names[a][0]]}.{names[a][1]} = {tables[names[b][0]]}.{names[b][1]}")
+    if parts.matched_contents and db_path is not None:
+        matched = match_contents(str(db_path), question)
+        if matched:
+            lines.append("matched contents :")
+            lines += [f"{t}.{c} ( {v} )" for t, c, v in matched]
+    lines.append(question)
+    return "\n".join(lines) + "\n"
+
+
+@lru_cache(maxsize=512)
+def _column_values(db_path: str, per_column: int, max_chars: int) -> dict[tuple[str, str], list[str]]:
+    """`SELECT DISTINCT col ... LIMIT k` for every column, skipping long values."""
+    out: dict[tuple[str, str], list[str]] = {}
+    with _read_only(db_path) as conn:
+        for table, column in _columns(conn):
+            try:
+                rows = conn.execute(f'SELECT DISTINCT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL '
+                                    f"LIMIT {per_column * 4}").fetchall()
+            except sqlite3.Error:
+                continue
+            vals = [str(r[0]) for r in rows if len(str(r[0])) <= max_chars and str(r[0]).strip()]
+            out[(table.lower(), column.lower())] = vals[:per_column]
+    return out
+
+
+@lru_cache(maxsize=512)
+def _text_values(db_path: str, per_column: int = 2000) -> tuple[tuple[str, str, str], ...]:
+    """Distinct short text values per column, for matching against questions."""
+    found = []
+    with _read_only(db_path) as conn:
+        for table, column in _columns(conn):
+            try:
+                rows = conn.execute(f'SELECT DISTINCT "{column}" FROM "{table}" WHERE typeof("{column}") = '
+                                    f"'text' LIMIT {per_column}").fetchall()
+            except sqlite3.Error:
+                continue
+            found += [(table, column, r[0]) for r in rows if 2 < len(r[0]) <= 40]
+    return tuple(found)
+
+
+def match_contents(db_path: str, question: str, limit: int = 6) -> list[tuple[str, str, str]]:
+    """Database text values that occur in the question as whole words (case-insensitive)."""
+    text = question.lower()
+    hits = [(t, c, v) for t, c, v in _text_values(db_path)
+            if v.lower() in text and re.search(rf"\b{re.escape(v.lower())}\b", text)]
+    hits.sort(key=lambda h: -len(h[2]))  # longer matches are more specific
+    return hits[:limit]
+
+
+def _columns(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+    tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+    return [(t, r[1]) for t in tables for r in conn.execute(f'PRAGMA table_info("{t}")')]
+
+
+class _read_only:
+    """A read-only connection that always closes (sqlite3's own context manager does not)."""
+
+    def __init__(self, path: str):
+        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        self.conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
+
+    def __enter__(self) -> sqlite3.Connection:
+        return self.conn
+
+    def __exit__(self, *exc) -> None:
+        self.conn.close()

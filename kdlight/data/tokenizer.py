@@ -1,0 +1,57 @@
+"""Tokenizers: an HF tokenizer by path, or a byte-level BPE trained on the training text.
+
+The trained tokenizer is saved with the run (and with every saved model), so a later run that
+starts from that model gets the same vocabulary. Byte-level BPE round-trips any text exactly,
+which matters for SQL: decoding must give back the query the model wrote.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                  "mask_token": "<mask>"}
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """Where the tokenizer comes from.
+
+    Attributes:
+        path: an HF tokenizer folder or name; None trains one on the training text.
+        vocab_size: size of a trained tokenizer (ignored with `path`).
+    """
+
+    path: str | None = None
+    vocab_size: int = 1024
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE with kdlight's special tokens (ids 0-4) on `texts`."""
+    tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
+    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    if tokenizer.pad_token is None:  # many causal LMs ship without one; EOS is the usual stand-in
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def has_tokenizer(path: str | Path | None) -> bool:
+    return path is not None and Path(path, "tokenizer_config.json").exists()
+
+
+def describe(tokenizer: PreTrainedTokenizerBase) -> str:
+    return f"{tokenizer.name_or_path or type(tokenizer).__name__} ({len(tokenizer)} tokens)"

@@ -1,0 +1,77 @@
+"""A method = which sequences to teacher-force on, which divergence to the teacher, how much CE.
+
+METHODS.md §1: almost every KD method for LMs is a combination of three independent choices. A
+method is therefore data (`Method`), not a subclass of the training loop: the one loop in
+`kdlight.training.module` runs every method the same way, which is what makes comparisons fair.
+Adding a method means adding a `SequenceSource` (one file) if it needs a new kind of sequence, and a
+YAML preset in `conf/method/`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from kdlight.data.batch import Batch
+from kdlight.losses.divergences import Divergence
+
+
+@dataclass
+class StepContext:
+    """What a sequence source may use to build its sequences (models are read, never trained here).
+
+    Attributes:
+        student: the student being trained.
+        teacher: the frozen teacher, or None when the method needs none.
+        tokenizer: the shared tokenizer.
+        vocab_size: the vocabulary shared by teacher and student (padding rows excluded).
+        generator: random numbers for the source, seeded per run.
+        step: the optimisation step.
+    """
+
+    student: PreTrainedModel
+    teacher: PreTrainedModel | None
+    tokenizer: PreTrainedTokenizerBase
+    vocab_size: int
+    generator: torch.Generator
+    step: int
+
+
+class SequenceSource(Protocol):
+    """Decides the target sequences of a step (gold, teacher outputs, student samples, rewrites)."""
+
+    needs_teacher: bool
+
+    def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
+        """Return the batch to teacher-force teacher and student on (same prompts as `gold`)."""
+        ...
+
+
+@dataclass
+class Method:
+    """One distillation method.
+
+    Attributes:
+        name: the method's name in logs and tables.
+        source: which target sequences the divergence is computed on.
+        divergence: divergence between teacher and student on those sequences; None for SFT.
+        ce_weight: weight of the auxiliary cross-entropy on the gold target (0 = none).
+        kd_weight: weight of the divergence term.
+    """
+
+    name: str
+    source: SequenceSource
+    divergence: Divergence | None = None
+    ce_weight: float = 1.0
+    kd_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.divergence is None and self.ce_weight == 0:
+            raise ValueError(f"method '{self.name}': no divergence and ce_weight=0 leaves nothing to train on")
+
+    @property
+    def needs_teacher(self) -> bool:
+        return self.divergence is not None or self.source.needs_teacher

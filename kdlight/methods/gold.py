@@ -1,0 +1,20 @@
+"""Gold sequences: teacher-force on the dataset's own targets.
+
+The source behind `sft` (CE only), word-level KD `fkd` (Hinton et al., 2015; KID Table 1) and
+token-level `rkd` (KID Table 1), and the gold-sequence DistiLLM losses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdlight.data.batch import Batch
+from kdlight.methods.base import StepContext
+
+
+@dataclass
+class GoldSequences:
+    needs_teacher: bool = False
+
+    def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
+        return gold

@@ -1,0 +1,177 @@
+"""`DistillationModule`: one LightningModule, one loop, every method (STYLE.md convention 1).
+
+Each optimisation step:
+1. the method's sequence source turns the gold batch into the sequences to learn on;
+2. the global target-token counts of the step are taken (all micro-batches, all ranks);
+3. for each micro-batch: student logits, teacher logits (if needed), loss terms summed per token
+   and divided by the global counts, backward;
+4. clip, optimiser step, scheduler step; each loss term is logged separately (`train/ce`,
+   `train/kd_<divergence>`).
+
+Manual optimisation is used because step 2 needs the whole step's batch before the first backward.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import lightning as L
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from kdlight.data.batch import Batch
+from kdlight.losses import forward_kl, masked_token_sum, select_positions, token_cross_entropy
+from kdlight.methods.base import Method, StepContext
+from kdlight.models.lm import generate, target_logits
+from kdlight.training.teacher import FrozenTeacher
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """How the shared loop optimises.
+
+    Attributes:
+        micro_batch_size: split each step's batch into micro-batches of this size (gradient
+            accumulation with exact global-token normalisation); None: no split.
+        grad_clip: clip the gradient norm to this value; None: no clipping.
+        warmup_steps: linear learning-rate warm-up.
+        min_lr_ratio: cosine decay ends at this fraction of the peak learning rate.
+        max_new_tokens: decoding length for predictions.
+    """
+
+    micro_batch_size: int | None = None
+    grad_clip: float | None = 1.0
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    max_new_tokens: int = 128
+
+
+class DistillationModule(L.LightningModule):
+    def __init__(self, student: PreTrainedModel, method: Method, tokenizer: PreTrainedTokenizerBase,
+                 vocab_size: int, optimizer: Callable[..., torch.optim.Optimizer], options: LoopOptions,
+                 teacher: PreTrainedModel | None = None, seed: int = 0):
+        super().__init__()
+        if method.needs_teacher and teacher is None:
+            raise ValueError(f"method '{method.name}' needs a teacher, but none was given")
+        self.automatic_optimization = False
+        self.student = student
+        self.teacher = FrozenTeacher(teacher) if teacher is not None else None
+        self.method, self.tokenizer, self.vocab_size = method, tokenizer, vocab_size
+        self.optimizer_factory, self.options = optimizer, options
+        self.source_rng = torch.Generator().manual_seed(seed)
+        self.save_hyperparameters({"method": method.name, "vocab_size": vocab_size, **asdict(options)})
+
+    # --- placement -------------------------------------------------------------------------------
+    def _place_teacher(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device)
+
+    def on_fit_start(self) -> None:
+        self._place_teacher()
+        self.student.train()  # HF from_pretrained returns eval-mode models
+
+    def on_validation_start(self) -> None:
+        self._place_teacher()
+
+    def on_predict_start(self) -> None:
+        self._place_teacher()
+
+    # --- the loop --------------------------------------------------------------------------------
+    def training_step(self, batch: Batch, batch_idx: int) -> None:
+        ctx = StepContext(self.student, self.teacher.model if self.teacher else None, self.tokenizer,
+                          self.vocab_size, self.source_rng, self.global_step)
+        sequences = self.method.source.sequences(batch, ctx)
+        self.student.train()
+        same = sequences is batch
+        n_gold = self._global_count(batch.target_mask)
+        n_seq = n_gold if same else self._global_count(sequences.target_mask)
+        micro = self.options.micro_batch_size or batch.size
+        logged: dict[str, float] = {}
+        for start in range(0, batch.size, micro):
+            terms = self._loss_terms(batch.slice(start, start + micro), sequences.slice(start, start + micro), same)
+            # sums / global counts; x world size because DDP averages gradients over ranks.
+            scaled = {name: weight * total / (n_gold if name == "ce" else n_seq)
+                      for name, (total, weight) in terms.items()}
+            loss = sum(scaled.values()) * self.trainer.world_size
+            self.manual_backward(loss)
+            for name, (total, _) in terms.items():
+                logged[name] = logged.get(name, 0.0) + float(total.detach()) / float(n_gold if name == "ce" else n_seq)
+        self._optimizer_step()
+        self._log_step(logged, batch.size)
+
+    def _loss_terms(self, gold: Batch, seq: Batch, same: bool) -> dict[str, tuple[torch.Tensor, float]]:
+        """Per-term sums over target tokens, with their weights."""
+        method, terms = self.method, {}
+        gold_logits = None
+        if method.ce_weight > 0 or same:
+            gold_logits = target_logits(self.student, gold, self.vocab_size)  # [b, T, V]
+        if method.ce_weight > 0:
+            mask = gold.target_mask.bool()
+            ce = token_cross_entropy(select_positions(gold_logits, mask), gold.target_ids[mask])
+            terms["ce"] = (masked_token_sum(ce), method.ce_weight)
+        if method.divergence is not None:
+            student = gold_logits if same else target_logits(self.student, seq, self.vocab_size)
+            teacher = self.teacher.target_logits(seq, self.vocab_size)
+            per_token = method.divergence(select_positions(student, seq.target_mask),
+                                          select_positions(teacher, seq.target_mask))  # [N]
+            terms[f"kd_{method.divergence.name}"] = (masked_token_sum(per_token), method.kd_weight)
+        return terms
+
+    def _global_count(self, mask: torch.Tensor) -> torch.Tensor:
+        count = mask.sum().to(torch.float32)
+        return self.trainer.strategy.reduce(count, reduce_op="sum").clamp(min=1.0)
+
+    def _optimizer_step(self) -> None:
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
+        if self.options.grad_clip:
+            self.clip_gradients(optimizer, gradient_clip_val=self.options.grad_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+
+    def _log_step(self, logged: dict[str, float], batch_size: int) -> None:
+        weights = {"ce": self.method.ce_weight}
+        if self.method.divergence is not None:
+            weights[f"kd_{self.method.divergence.name}"] = self.method.kd_weight
+        metrics = {f"train/{k}": v for k, v in logged.items()}
+        metrics["train/loss"] = sum(weights[k] * v for k, v in logged.items())
+        metrics["train/lr"] = self.lr_schedulers().get_last_lr()[0]
+        self.log_dict(metrics, prog_bar=False, batch_size=batch_size)
+        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, batch_size=batch_size)
+
+    # --- evaluation ------------------------------------------------------------------------------
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        """Held-out CE per target token, and the student's KL from the teacher when there is one."""
+        mask = batch.target_mask.bool()
+        n = int(mask.sum())
+        student = select_positions(target_logits(self.student, batch, self.vocab_size), mask)
+        ce = token_cross_entropy(student, batch.target_ids[mask]).sum() / max(n, 1)
+        self.log("val/ce", ce, batch_size=n, prog_bar=True)
+        if self.teacher is not None:
+            teacher = select_positions(self.teacher.target_logits(batch, self.vocab_size), mask)
+            kl = forward_kl(student, teacher).sum() / max(n, 1)
+            self.log("val/kl_from_teacher", kl, batch_size=n)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> list[tuple[int, list[int]]]:
+        """Greedy decoding with the KV cache; returns (example index, generated ids)."""
+        self.student.eval()
+        sequences = generate(self.student, batch, self.options.max_new_tokens, self.tokenizer.eos_token_id,
+                             self.vocab_size)
+        return list(zip(batch.index.tolist(), sequences))
+
+    # --- optimiser -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(params=[p for p in self.student.parameters() if p.requires_grad])
+        total = self.trainer.max_steps if self.trainer.max_steps > 0 else self.trainer.estimated_stepping_batches
+        warmup, floor = self.options.warmup_steps, self.options.min_lr_ratio
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
