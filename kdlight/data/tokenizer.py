@@ -25,16 +25,22 @@ class TokenizerSpec:
     Attributes:
         path: an HF tokenizer folder or name; None trains one on the training text.
         vocab_size: size of a trained tokenizer (ignored with `path`).
+        split_digits: a trained tokenizer gives each digit its own token (as Llama's does).
     """
 
     path: str | None = None
     vocab_size: int = 1024
+    split_digits: bool = True
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
+def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = True) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE with kdlight's special tokens (ids 0-4) on `texts`."""
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # Split digits: copying a number digit by digit generalises to unseen numbers, where merged
+    # multi-digit tokens do not; without it, frequent numbers become single tokens.
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+                         if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)

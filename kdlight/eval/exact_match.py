@@ -7,25 +7,22 @@ String literals keep their case; keywords and identifiers are lower-cased.
 
 from __future__ import annotations
 
-import re
-
 import sqlparse
 
 
 def normalize_sql(sql: str) -> str:
+    """The query's tokens, one space apart: keywords and identifiers lower-cased, literals kept."""
     sql = sql.strip().rstrip(";").strip()
-    if not sql:
-        return ""
-    out = []
-    for token in sqlparse.parse(sql)[0].flatten():
-        if token.is_whitespace:
-            out.append(" ")
-        elif token.ttype in sqlparse.tokens.Literal.String.Single or token.ttype in sqlparse.tokens.Literal.String.Symbol:
-            out.append("'" + token.value[1:-1] + "'")  # "x" and 'x' compare equal
-        else:
-            out.append(token.value.lower())
-    text = re.sub(r"\s+", " ", "".join(out)).strip()
-    return re.sub(r"\s*([(),])\s*", r"\1", text)
+    tokens = []
+    for statement in sqlparse.parse(sql):
+        for token in statement.flatten():
+            if token.is_whitespace:
+                continue
+            if token.ttype in sqlparse.tokens.Literal.String.Single or token.ttype in sqlparse.tokens.Literal.String.Symbol:
+                tokens.append("'" + token.value[1:-1] + "'")  # "x" and 'x' compare equal
+            else:
+                tokens.append(token.value.lower())
+    return " ".join(tokens)
 
 
 def exact_match(pred: str, gold: str) -> bool:

@@ -17,8 +17,9 @@ def select_positions(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def masked_token_sum(per_token: torch.Tensor) -> torch.Tensor:
-    """Sum of per-position values; an empty selection gives an exact 0 (no NaN)."""
-    return per_token.sum() if per_token.numel() else per_token.new_zeros(())
+    """Sum of per-position values. An empty selection sums to an exact 0 that still carries a
+    (zero) gradient path, so an all-masked micro-batch needs no special case in the loop."""
+    return per_token.sum()
 
 
 def token_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -35,7 +35,7 @@ def resolve_tokenizer(spec: TokenizerSpec, models: list[ModelSpec], training_tex
             log.info(f"using the tokenizer saved with {model.name} at {model.path}")
             return load_tokenizer(model.path)
     log.info(f"training a byte-level BPE tokenizer ({spec.vocab_size} tokens) on the training text")
-    tokenizer = train_tokenizer(training_texts, spec.vocab_size)
+    tokenizer = train_tokenizer(training_texts, spec.vocab_size, spec.split_digits)
     tokenizer.save_pretrained(save_dir)
     return load_tokenizer(save_dir)  # reload so name_or_path points at the saved copy
 

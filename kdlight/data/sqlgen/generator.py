@@ -23,7 +23,7 @@ from pathlib import Path
 from kdlight.data.sqlgen.schemas import DOMAINS, Domain, Table
 from kdlight.data.sqlgen.templates import TEMPLATES
 
-GENERATOR_VERSION = 1  # bump when the output for a given spec changes: it is part of the cache key
+GENERATOR_VERSION = 2  # bump when the output for a given spec changes: it is part of the cache key
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class GeneratorSpec:
         hardness_weights: relative frequency of easy, medium, hard and extra questions.
     """
 
-    n_train: int = 3000
+    n_train: int = 2000
     n_dev: int = 300
     seed: int = 0
     test_suite_variants: int = 2

@@ -28,10 +28,14 @@ def _value(rows: Rows, table: Table, column: Column, rng: random.Random) -> obje
 
 
 def _threshold(rows: Rows, table: Table, column: Column, rng: random.Random, op: str = ">") -> int:
-    """A threshold that at least one row passes: a drawn row's value moved a random step outward."""
-    step = rng.randint(1, max(1, (column.high - column.low) // 10))
-    v = _value(rows, table, column, rng)
-    return v - step if op == ">" else v + step
+    """A round threshold from the column's grid (19 evenly spaced values inside its range).
+
+    Round, recurring thresholds keep the task learnable by tiny models in minutes (copying any
+    4-digit number from the question is what they fail at first); dev questions still combine
+    thresholds, columns and templates in ways the training set does not.
+    """
+    step = max(1, (column.high - column.low) // 20)
+    return column.low + step * rng.randint(1, 19)
 
 
 def _pick(rng: random.Random, options: list) -> object:

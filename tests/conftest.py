@@ -1,0 +1,30 @@
+"""Shared fixtures: tiny generated data, a trained tokenizer, and the location of real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("KDLIGHT_DATA", REPO.parent / "shared" / "data"))
+SPIDER = SHARED_DATA / "text2sql" / "spider"
+
+
+@pytest.fixture(scope="session")
+def sqlgen_root(tmp_path_factory) -> Path:
+    """A small generated Spider-format dataset (built once per test session)."""
+    from kdlight.data.sqlgen import GeneratorSpec, ensure_generated
+
+    return ensure_generated(GeneratorSpec(n_train=200, n_dev=40, seed=1), tmp_path_factory.mktemp("sqlgen"))
+
+
+@pytest.fixture(scope="session")
+def tokenizer(sqlgen_root):
+    from kdlight.data.spider import PromptParts, SpiderSource, load_examples
+    from kdlight.data.tokenizer import train_tokenizer
+
+    examples, _ = load_examples(SpiderSource(str(sqlgen_root)), "train.json", PromptParts())
+    texts = [t for e in examples for t in (e.prompt, e.query)]
+    return train_tokenizer(texts, vocab_size=400)

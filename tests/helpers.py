@@ -1,0 +1,40 @@
+"""Tiny components built in code (not through Hydra) for the module-level tests."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from kdlight.data.batch import Batch, collate
+from kdlight.models import ModelSpec, build_model
+
+TINY_LLAMA = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                  num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True)
+TINY_T5 = dict(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, num_heads=2, dropout_rate=0.0)
+
+
+def tiny_model(tokenizer, family: str = "llama", seed: int = 0, pad_multiple: int = 1, **overrides):
+    torch.manual_seed(seed)
+    config = {**(TINY_LLAMA if family == "llama" else TINY_T5), **overrides}
+    return build_model(ModelSpec(f"tiny-{family}", family, config, pad_vocab_multiple=pad_multiple), tokenizer)
+
+
+def toy_batches(tokenizer, n: int = 8, seed: int = 0) -> list[Batch]:
+    """Random prompt/target pairs of varied lengths, one batch of n."""
+    g = torch.Generator().manual_seed(seed)
+    vocab = len(tokenizer)
+    prompts = [torch.randint(5, vocab, (int(torch.randint(3, 9, (1,), generator=g)),), generator=g).tolist()
+               for _ in range(n)]
+    targets = [torch.randint(5, vocab, (int(torch.randint(1, 6, (1,), generator=g)),), generator=g).tolist()
+               + [tokenizer.eos_token_id] for _ in range(n)]
+    return [collate(prompts, targets, list(range(n)), tokenizer.pad_token_id)]
+
+
+def cpu_trainer(tmp_path, max_steps: int, **kwargs) -> L.Trainer:
+    return L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, logger=False, enable_progress_bar=False,
+                     enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=tmp_path, **kwargs)
+
+
+def loader(batches: list[Batch]) -> DataLoader:
+    return DataLoader(batches, batch_size=None)

@@ -1,0 +1,104 @@
+"""Every config group composes and instantiates; every method runs a couple of steps end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+from kdlight.cli.train import CONFIG_DIR, train
+from kdlight.methods import Method
+from kdlight.models import ModelSpec
+
+CONF = Path(CONFIG_DIR)
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def compose_cfg(overrides: list[str], tmp_path: Path):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path / "run")
+        cfg.paths.cache_dir = str(tmp_path.parent / "cache")  # shared by the tests of one session
+        cfg.hydra.runtime.output_dir = cfg.paths.output_dir
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g in ("method", "data", "model", "trainer", "logger",
+                                                          "experiment", "debug", "hydra/launcher")
+                                          for o in options(g)])
+def test_every_config_composes(group, option, tmp_path):
+    key = {"model": "model@student", "hydra/launcher": "hydra/launcher"}.get(group, group)
+    extra = ["student.path=/models/x"] if option == "hf" else []
+    cfg = compose_cfg([f"{key}={option}", *extra], tmp_path)
+    if group == "method":
+        assert isinstance(instantiate(cfg.method, _convert_="object"), Method)
+    elif group == "model":
+        spec = instantiate(cfg.student)
+        assert isinstance(spec, ModelSpec) and spec.name == option
+    elif group == "data":
+        assert type(instantiate(cfg.data, _convert_="object")).__name__ == "Text2SQLDataModule"
+    elif group == "trainer" and option == "cpu":
+        assert instantiate(cfg.trainer, logger=False).max_steps == cfg.trainer.max_steps
+    elif group == "hydra/launcher":
+        assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher")
+    elif group == "logger" and option == "csv":
+        assert instantiate(cfg.logger).save_dir == cfg.paths.output_dir
+
+
+def test_slurm_resources_follow_the_trainer(tmp_path):
+    cfg = compose_cfg(["hydra/launcher=slurm", "trainer=ddp", "trainer.devices=4", "trainer.num_nodes=2"], tmp_path)
+    launcher = cfg.hydra.launcher
+    assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+
+
+def test_misspelt_key_fails_at_composition(tmp_path):
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="lrr"):
+        compose_cfg(["optimizer.lrr=0.1"], tmp_path)
+
+
+@pytest.mark.parametrize("overrides", [
+    ["stage=teacher", "method=sft"],
+    ["method=sft"],
+    ["method=fkd"],
+    ["method=rkd"],
+    ["method=rkd", "model@student=t5-xs", "model@teacher=llama-s"],  # seq2seq student, causal teacher
+    ["method=fkd", "model@student=t5-xs", "model@teacher=t5-s", "loop.micro_batch_size=8"],
+], ids=lambda o: " ".join(o))
+def test_every_method_runs_fast_dev_run(overrides, tmp_path):
+    cfg = compose_cfg(["debug=fdr", *overrides], tmp_path)
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    assert metrics["steps"] == 2 and metrics["method"] == cfg.method.name
+    assert metrics["eval/n"] == 8 and 0.0 <= metrics["eval/ex"] <= 100.0
+    assert json.loads((run / "metrics.json").read_text())["eval/ex"] == metrics["eval/ex"]
+    assert len((run / "predictions.jsonl").read_text().splitlines()) == 8
+    assert (run / "model" / "config.json").exists() and (run / "model" / "tokenizer_config.json").exists()
+    if cfg.method.divergence is not None:
+        assert metrics["teacher_params"] > 0
+
+
+def test_cli_multirun_writes_one_folder_per_job(tmp_path):
+    env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path.parent / "cache")}
+    command = [sys.executable, "-m", "kdlight.cli.train", "-m", "debug=fdr", "method=sft,rkd",
+               f"hydra.sweep.dir={tmp_path}/sweep"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
+    assert jobs == ["0_debug=fdr,method=sft", "1_debug=fdr,method=rkd"]
+    for job in jobs:
+        assert (tmp_path / "sweep" / job / ".hydra" / "config.yaml").exists()

@@ -1,0 +1,113 @@
+"""The shared loop: frozen teacher, checkpoints, exact loss normalisation, both architectures."""
+
+from __future__ import annotations
+
+import copy
+from functools import partial
+
+import pytest
+import torch
+
+from kdlight.losses import ForwardKL, ReverseKL
+from kdlight.methods import GoldSequences, Method
+from kdlight.models.lm import generate, target_logits
+from kdlight.training.module import DistillationModule, LoopOptions
+from tests.helpers import cpu_trainer, loader, tiny_model, toy_batches
+
+NO_CLIP = LoopOptions(grad_clip=None, warmup_steps=1, min_lr_ratio=1.0, max_new_tokens=6)
+
+
+def rkd(ce_weight: float = 1.0) -> Method:
+    return Method("rkd", GoldSequences(), ReverseKL(), ce_weight=ce_weight)
+
+
+def make_module(tokenizer, method, options=NO_CLIP, teacher=True, family="llama"):
+    student = tiny_model(tokenizer, family, seed=0)
+    teacher_model = tiny_model(tokenizer, family, seed=1, pad_multiple=64) if teacher else None
+    optimizer = partial(torch.optim.SGD, lr=0.5)
+    return DistillationModule(student, method, tokenizer, len(tokenizer), optimizer, options, teacher_model)
+
+
+def test_teacher_is_frozen_outside_optimiser_hparams_and_checkpoint(tokenizer, tmp_path):
+    module = make_module(tokenizer, rkd())
+    teacher_before = copy.deepcopy(module.teacher.model.state_dict())
+    student_before = copy.deepcopy(module.student.state_dict())
+    trainer = cpu_trainer(tmp_path, max_steps=3)
+    trainer.fit(module, train_dataloaders=loader(toy_batches(tokenizer)))
+
+    teacher = module.teacher.model
+    assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
+    for name, tensor in teacher.state_dict().items():
+        assert torch.equal(tensor, teacher_before[name]), name
+    assert any(not torch.equal(t, student_before[n]) for n, t in module.student.state_dict().items())
+    optimised = {id(p) for group in module.optimizers().optimizer.param_groups for p in group["params"]}
+    assert optimised == {id(p) for p in module.student.parameters()}
+    assert not optimised & {id(p) for p in teacher.parameters()}
+    assert "teacher" not in str(dict(module.hparams))
+
+    path = tmp_path / "step3.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=False)["state_dict"]
+    assert state and all(key.startswith("student.") for key in state)
+
+
+def test_checkpoint_reloads_with_identical_predictions(tokenizer, tmp_path):
+    module = make_module(tokenizer, rkd())
+    trainer = cpu_trainer(tmp_path, max_steps=4)
+    batches = toy_batches(tokenizer)
+    trainer.fit(module, train_dataloaders=loader(batches))
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+
+    fresh = make_module(tokenizer, rkd())  # different (untrained) student weights
+    batch = batches[0]
+    before = generate(fresh.student.eval(), batch, 6, tokenizer.eos_token_id, len(tokenizer))
+    fresh.load_state_dict(torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"])
+    expected = generate(module.student.eval(), batch, 6, tokenizer.eos_token_id, len(tokenizer))
+    reloaded = generate(fresh.student.eval(), batch, 6, tokenizer.eos_token_id, len(tokenizer))
+    assert reloaded == expected and before != expected
+    torch.testing.assert_close(target_logits(fresh.student, batch), target_logits(module.student, batch))
+
+
+def one_step_update(tokenizer, tmp_path, method, micro_batch_size, family="llama"):
+    options = LoopOptions(micro_batch_size=micro_batch_size, grad_clip=None, warmup_steps=1, min_lr_ratio=1.0)
+    module = make_module(tokenizer, method, options, teacher=method.divergence is not None, family=family)
+    start = {n: p.detach().clone() for n, p in module.student.named_parameters()}
+    cpu_trainer(tmp_path, max_steps=1).fit(module, train_dataloaders=loader(toy_batches(tokenizer)))
+    return {n: p.detach() - start[n] for n, p in module.student.named_parameters()}
+
+
+@pytest.mark.parametrize("family", ["llama", "t5"])
+@pytest.mark.parametrize("method", [Method("sft", GoldSequences()), rkd(), Method("fkd", GoldSequences(), ForwardKL())],
+                         ids=lambda m: getattr(m, "name", m))
+def test_micro_batches_give_the_same_update_as_one_batch(tokenizer, tmp_path, method, family):
+    whole = one_step_update(tokenizer, tmp_path / "a", method, None, family)
+    split = one_step_update(tokenizer, tmp_path / "b", method, 3, family)  # 8 = 3 + 3 + 2: uneven
+    assert any(d.abs().max() > 0 for d in whole.values())
+    for name in whole:
+        torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-7)
+
+
+def test_loss_is_sum_over_tokens_divided_by_global_count(tokenizer):
+    """The loss the loop optimises equals a hand computation on the whole batch."""
+    module = make_module(tokenizer, rkd(ce_weight=0.5))
+    batch = toy_batches(tokenizer)[0]
+    terms = module._loss_terms(batch, batch, same=True)
+    mask = batch.target_mask.bool()
+    n = int(mask.sum())
+    s = target_logits(module.student, batch)[mask].double()
+    t = target_logits(module.teacher.model, batch, len(tokenizer))[mask].double()
+    ce = torch.nn.functional.cross_entropy(s, batch.target_ids[mask], reduction="sum")
+    rkl = (s.softmax(-1) * (s.log_softmax(-1) - t.log_softmax(-1))).sum()
+    assert set(terms) == {"ce", "kd_rkl"}
+    assert float(terms["ce"][0].detach()) / n == pytest.approx(float(ce) / n, rel=1e-5) and terms["ce"][1] == 0.5
+    assert float(terms["kd_rkl"][0].detach()) / n == pytest.approx(float(rkl) / n, rel=1e-4)
+
+
+def test_method_needing_a_teacher_without_one_is_refused(tokenizer):
+    with pytest.raises(ValueError, match="method 'rkd' needs a teacher"):
+        make_module(tokenizer, rkd(), teacher=False)
+
+
+def test_method_with_nothing_to_train_is_refused():
+    with pytest.raises(ValueError, match="nothing to train"):
+        Method("empty", GoldSequences(), None, ce_weight=0.0)
