@@ -205,32 +205,30 @@ def build_prompt(schema: dict, question: str, db_path: Path | None, parts: Promp
 @lru_cache(maxsize=512)
 def _column_values(db_path: str, per_column: int, max_chars: int) -> dict[tuple[str, str], list[str]]:
     """`SELECT DISTINCT col ... LIMIT k` for every column, skipping long values."""
-    out: dict[tuple[str, str], list[str]] = {}
-    with _read_only(db_path) as conn:
-        for table, column in _columns(conn):
-            try:
-                rows = conn.execute(f'SELECT DISTINCT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL '
-                                    f"LIMIT {per_column * 4}").fetchall()
-            except sqlite3.Error:
-                continue
-            vals = [str(r[0]) for r in rows if len(str(r[0])) <= max_chars and str(r[0]).strip()]
-            out[(table.lower(), column.lower())] = vals[:per_column]
+    out = {}
+    for table, column, values in _distinct_values(db_path, per_column * 4):
+        kept = [str(v) for v in values if len(str(v)) <= max_chars and str(v).strip()]
+        out[(table.lower(), column.lower())] = kept[:per_column]
     return out
 
 
 @lru_cache(maxsize=512)
 def _text_values(db_path: str, per_column: int = 2000) -> tuple[tuple[str, str, str], ...]:
     """Distinct short text values per column, for matching against questions."""
-    found = []
+    return tuple((table, column, v) for table, column, values in _distinct_values(db_path, per_column, text_only=True)
+                 for v in values if 2 < len(v) <= 40)
+
+
+def _distinct_values(db_path: str, limit: int, text_only: bool = False):
+    """(table, column, distinct non-null values) per column; unreadable columns are skipped."""
     with _read_only(db_path) as conn:
         for table, column in _columns(conn):
+            where = f"typeof(\"{column}\") = 'text'" if text_only else f'"{column}" IS NOT NULL'
             try:
-                rows = conn.execute(f'SELECT DISTINCT "{column}" FROM "{table}" WHERE typeof("{column}") = '
-                                    f"'text' LIMIT {per_column}").fetchall()
+                rows = conn.execute(f'SELECT DISTINCT "{column}" FROM "{table}" WHERE {where} LIMIT {limit}').fetchall()
             except sqlite3.Error:
                 continue
-            found += [(table, column, r[0]) for r in rows if 2 < len(r[0]) <= 40]
-    return tuple(found)
+            yield table, column, [r[0] for r in rows]
 
 
 def match_contents(db_path: str, question: str, limit: int = 6) -> list[tuple[str, str, str]]:
