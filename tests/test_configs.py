@@ -102,3 +102,14 @@ def test_cli_multirun_writes_one_folder_per_job(tmp_path):
     assert jobs == ["0_debug=fdr,method=sft", "1_debug=fdr,method=rkd"]
     for job in jobs:
         assert (tmp_path / "sweep" / job / ".hydra" / "config.yaml").exists()
+
+
+@pytest.mark.gpu
+def test_gpu_trainer_runs_bf16_fast_dev_run(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cfg = compose_cfg(["debug=fdr", "trainer=gpu", "method=rkd"], tmp_path)
+    metrics = train(cfg)
+    assert metrics["steps"] == 2 and metrics["eval/n"] == 8

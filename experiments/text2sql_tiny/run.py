@@ -27,8 +27,8 @@ from kdlight.report.table import comparison_rows, format_markdown, plot_comparis
 
 EXPERIMENT = "experiment=text2sql_tiny"
 TEACHER_STEPS = 400  # the teacher trains longer than one student stage: it only runs once
-STUDENT_INIT_STEPS = 300
-METHOD_STEPS = 150
+STUDENT_INIT_STEPS = 900
+METHOD_STEPS = 300
 METHODS = ("sft", "fkd", "rkd")
 
 
