@@ -12,6 +12,7 @@ them over. Tests call it directly.
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 
 import hydra
@@ -57,10 +58,13 @@ def train(cfg: DictConfig) -> dict:
                 "teacher_params": count_parameters(teacher) if teacher is not None else None}
     log.info(f"{cfg.stage} {trained.name} ({count_parameters(student):,} parameters) with {method.name}"
              + (f", teacher {teacher_spec.name} ({identity['teacher_params']:,})" if teacher_spec else ""))
+    failed = True
     try:
-        return fit_and_evaluate(module, trainer, datamodule, output_dir, identity)
+        metrics = fit_and_evaluate(module, trainer, datamodule, output_dir, identity)
+        failed = False
+        return metrics
     finally:
-        _finish_loggers(trainer)
+        _finish_wandb(failed)
 
 
 def _model_specs(cfg: DictConfig, needs_teacher: bool) -> tuple[ModelSpec, ModelSpec | None]:
@@ -89,12 +93,11 @@ def _vocab_entries(stage, trained, student, teacher_spec, teacher) -> list[Model
     return entries
 
 
-def _finish_loggers(trainer: L.Trainer) -> None:
-    """Always close W&B runs, also on failure, so the next job of a multirun starts cleanly."""
-    for logger in trainer.loggers:
-        experiment_finish = getattr(getattr(logger, "_experiment", None), "finish", None)
-        if callable(experiment_finish):
-            experiment_finish()
+def _finish_wandb(failed: bool) -> None:
+    """Always close a W&B run, also on failure, so the next job of a multirun starts cleanly."""
+    wandb = sys.modules.get("wandb")  # imported only if the wandb logger was used
+    if wandb is not None and wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

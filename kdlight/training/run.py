@@ -66,6 +66,7 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule,
         f.writelines(json.dumps(r) + "\n" for r in records)
     for logger in trainer.loggers:
         logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=trainer.global_step)
+        logger.save()
     return metrics
 
 
