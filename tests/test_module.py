@@ -99,8 +99,8 @@ def test_loss_is_sum_over_tokens_divided_by_global_count(tokenizer):
     ce = torch.nn.functional.cross_entropy(s, batch.target_ids[mask], reduction="sum")
     rkl = (s.softmax(-1) * (s.log_softmax(-1) - t.log_softmax(-1))).sum()
     assert set(terms) == {"ce", "kd_rkl"}
-    assert float(terms["ce"][0].detach()) / n == pytest.approx(float(ce) / n, rel=1e-5) and terms["ce"][1] == 0.5
-    assert float(terms["kd_rkl"][0].detach()) / n == pytest.approx(float(rkl) / n, rel=1e-4)
+    assert float(terms["ce"][0].detach()) / n == pytest.approx(float(ce.detach()) / n, rel=1e-5) and terms["ce"][1] == 0.5
+    assert float(terms["kd_rkl"][0].detach()) / n == pytest.approx(float(rkl.detach()) / n, rel=1e-4)
 
 
 def test_method_needing_a_teacher_without_one_is_refused(tokenizer):

@@ -36,7 +36,8 @@ def stages(out: Path) -> list[tuple[str, list[str]]]:
     """(name, overrides) in the order they must run."""
     teacher, init = out / "teacher" / "model", out / "student_init" / "model"
     plan = [("teacher", ["stage=teacher", "method=sft", f"trainer.max_steps={TEACHER_STEPS}"]),
-            ("student_init", ["method=sft", f"trainer.max_steps={STUDENT_INIT_STEPS}"])]
+            # one tokenizer for the whole study: the teacher's
+            ("student_init", ["method=sft", f"tokenizer.path={teacher}", f"trainer.max_steps={STUDENT_INIT_STEPS}"])]
     for method in METHODS:
         plan.append((method, [f"method={method}", f"teacher.path={teacher}", f"student.path={init}",
                               f"trainer.max_steps={METHOD_STEPS}", "loop.warmup_steps=10"]))
