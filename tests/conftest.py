@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")  # trl is imported only for a cross-check
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("KDLIGHT_DATA", REPO.parent / "shared" / "data"))
 SPIDER = SHARED_DATA / "text2sql" / "spider"

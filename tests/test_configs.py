@@ -73,9 +73,7 @@ def test_misspelt_key_fails_at_composition(tmp_path):
 
 @pytest.mark.parametrize("overrides", [
     ["stage=teacher", "method=sft"],
-    ["method=sft"],
-    ["method=fkd"],
-    ["method=rkd"],
+    *[[f"method={m}"] for m in options("method")],
     ["method=rkd", "model@student=t5-xs", "model@teacher=llama-s"],  # seq2seq student, causal teacher
     ["method=fkd", "model@student=t5-xs", "model@teacher=t5-s", "loop.micro_batch_size=8"],
 ], ids=lambda o: " ".join(o))

@@ -8,7 +8,8 @@ from functools import partial
 import pytest
 import torch
 
-from kdlight.losses import ForwardKL, ReverseKL
+from kdlight.losses import (ForwardKL, GeneralizedJSD, JensenShannon, ReverseKL, SkewForwardKL, SkewReverseKL,
+                            TotalVariation)
 from kdlight.methods import GoldSequences, Method
 from kdlight.models.lm import generate, target_logits
 from kdlight.training.module import DistillationModule, LoopOptions
@@ -77,7 +78,9 @@ def one_step_update(tokenizer, tmp_path, method, micro_batch_size, family="llama
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
-@pytest.mark.parametrize("method", [Method("sft", GoldSequences()), rkd(), Method("fkd", GoldSequences(), ForwardKL())],
+@pytest.mark.parametrize("method", [Method("sft", GoldSequences()), rkd(), Method("fkd", GoldSequences(), ForwardKL())]
+                         + [Method(d.name, GoldSequences(), d) for d in (JensenShannon(chunk_size=5), TotalVariation(),
+                            SkewForwardKL(), SkewReverseKL(chunk_size=3), GeneralizedJSD(beta=0.3))],
                          ids=lambda m: getattr(m, "name", m))
 def test_micro_batches_give_the_same_update_as_one_batch(tokenizer, tmp_path, method, family):
     whole = one_step_update(tokenizer, tmp_path / "a", method, None, family)

@@ -16,7 +16,7 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdlight.data.batch import Batch
-from kdlight.losses.divergences import Divergence
+from kdlight.losses.objectives import Divergence
 
 
 @dataclass

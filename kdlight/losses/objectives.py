@@ -1,0 +1,116 @@
+"""Divergences as configurable strategies (`conf/method/*.yaml` -> `divergence:`).
+
+Each wraps one pure function of `kdlight.losses.divergences` with its hyperparameters and applies
+it through the shared chunking wrapper, so every divergence gets the same memory bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+
+from kdlight.losses import divergences as D
+from kdlight.losses.chunked import chunked_divergence
+from kdlight.losses.sparse import MISSING_MASS, SparseTargets, restrict_to_support
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """Base: `__call__(student [N, V], teacher) -> [N]`, chunked.
+
+    The teacher is dense logits [N, V], or `SparseTargets` (top-k ids and log-probabilities).
+
+    Attributes:
+        temperature: τ (results are multiplied by τ²).
+        chunk_size: positions per chunk; peak extra memory is a few chunk_size x V fp32 tensors.
+            None (default): 2^24 / V positions, the same memory bound at any vocabulary size.
+        missing_mass: with a sparse teacher, `renormalize` over its top-k or keep a `rest` bucket.
+    """
+
+    temperature: float = 1.0
+    chunk_size: int | None = None
+    missing_mass: str = "renormalize"
+    name: ClassVar[str] = "kd"
+
+    def per_token(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, student_logits: torch.Tensor, teacher: torch.Tensor | SparseTargets) -> torch.Tensor:
+        if isinstance(teacher, SparseTargets):
+            return chunked_divergence(self._sparse_per_token, student_logits, (teacher.ids, teacher.log_probs),
+                                      self.chunk_size)
+        return chunked_divergence(self.per_token, student_logits, teacher, self.chunk_size)
+
+    def _sparse_per_token(self, student_logits: torch.Tensor, ids: torch.Tensor, log_probs: torch.Tensor):
+        return self.per_token(*restrict_to_support(student_logits, ids, log_probs, self.missing_mass))
+
+    def __post_init__(self) -> None:
+        if self.missing_mass not in MISSING_MASS:
+            raise ValueError(f"missing_mass must be one of {MISSING_MASS}, got '{self.missing_mass}'")
+
+
+@dataclass(frozen=True)
+class ForwardKL(Divergence):
+    name: ClassVar[str] = "fkl"
+
+    def per_token(self, student_logits, teacher_logits):
+        return D.forward_kl(student_logits, teacher_logits, self.temperature)
+
+
+@dataclass(frozen=True)
+class ReverseKL(Divergence):
+    name: ClassVar[str] = "rkl"
+
+    def per_token(self, student_logits, teacher_logits):
+        return D.reverse_kl(student_logits, teacher_logits, self.temperature)
+
+
+@dataclass(frozen=True)
+class JensenShannon(Divergence):
+    name: ClassVar[str] = "js"
+
+    def per_token(self, student_logits, teacher_logits):
+        return D.jensen_shannon(student_logits, teacher_logits, self.temperature)
+
+
+@dataclass(frozen=True)
+class GeneralizedJSD(Divergence):
+    """GJSD(β); β strictly inside (0, 1) (the ends are `ForwardKL` / `ReverseKL`)."""
+
+    beta: float = 0.5
+    name: ClassVar[str] = "gjsd"
+
+    def __post_init__(self) -> None:  # fail when the config is built, not at the first step
+        super().__post_init__()
+        D.generalized_jsd(torch.zeros(1, 2), torch.zeros(1, 2), self.beta)
+
+    def per_token(self, student_logits, teacher_logits):
+        return D.generalized_jsd(student_logits, teacher_logits, self.beta, self.temperature)
+
+
+@dataclass(frozen=True)
+class TotalVariation(Divergence):
+    name: ClassVar[str] = "tvd"
+
+    def per_token(self, student_logits, teacher_logits):
+        return D.total_variation(student_logits, teacher_logits, self.temperature)
+
+
+@dataclass(frozen=True)
+class SkewForwardKL(Divergence):
+    alpha: float = 0.1
+    name: ClassVar[str] = "skl"
+
+    def per_token(self, student_logits, teacher_logits):
+        return D.skew_forward_kl(student_logits, teacher_logits, self.alpha, self.temperature)
+
+
+@dataclass(frozen=True)
+class SkewReverseKL(Divergence):
+    alpha: float = 0.1
+    name: ClassVar[str] = "srkl"
+
+    def per_token(self, student_logits, teacher_logits):
+        return D.skew_reverse_kl(student_logits, teacher_logits, self.alpha, self.temperature)
