@@ -73,8 +73,10 @@ def one_step_update(tokenizer, tmp_path, method, micro_batch_size, family="llama
     options = LoopOptions(micro_batch_size=micro_batch_size, grad_clip=None, warmup_steps=1, min_lr_ratio=1.0)
     module = make_module(tokenizer, method, options, teacher=method.divergence is not None, family=family)
     start = {n: p.detach().clone() for n, p in module.student.named_parameters()}
-    cpu_trainer(tmp_path, max_steps=1).fit(module, train_dataloaders=loader(toy_batches(tokenizer)))
-    return {n: p.detach() - start[n] for n, p in module.student.named_parameters()}
+    trainer = cpu_trainer(tmp_path, max_steps=1)
+    trainer.fit(module, train_dataloaders=loader(toy_batches(tokenizer)))
+    update = {n: p.detach() - start[n] for n, p in module.student.named_parameters()}
+    return update, float(trainer.callback_metrics["train/loss"])
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
@@ -83,8 +85,9 @@ def one_step_update(tokenizer, tmp_path, method, micro_batch_size, family="llama
                             SkewForwardKL(), SkewReverseKL(chunk_size=3), GeneralizedJSD(beta=0.3))],
                          ids=lambda m: getattr(m, "name", m))
 def test_micro_batches_give_the_same_update_as_one_batch(tokenizer, tmp_path, method, family):
-    whole = one_step_update(tokenizer, tmp_path / "a", method, None, family)
-    split = one_step_update(tokenizer, tmp_path / "b", method, 3, family)  # 8 = 3 + 3 + 2: uneven
+    whole, whole_loss = one_step_update(tokenizer, tmp_path / "a", method, None, family)
+    split, split_loss = one_step_update(tokenizer, tmp_path / "b", method, 3, family)  # 8 = 3 + 3 + 2: uneven
+    assert split_loss == pytest.approx(whole_loss, rel=1e-5) and whole_loss > 0
     assert any(d.abs().max() > 0 for d in whole.values())
     for name in whole:
         torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-7)
