@@ -111,3 +111,33 @@ def test_gpu_trainer_runs_bf16_fast_dev_run(tmp_path):
     cfg = compose_cfg(["debug=fdr", "trainer=gpu", "method=rkd"], tmp_path)
     metrics = train(cfg)
     assert metrics["steps"] == 2 and metrics["eval/n"] == 8
+
+
+def test_run_logs_its_resolved_config_and_metrics_as_csv(tmp_path):
+    import csv
+
+    import yaml
+
+    cfg = compose_cfg(["debug=limit", "trainer.max_steps=4", "data.limit_eval=4", "data.eval_workers=1",
+                       "method=fkd", "trainer.log_every_n_steps=1"], tmp_path)
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    logged = yaml.safe_load((run / "csv" / "hparams.yaml").read_text())
+    assert logged["method"]["name"] == "fkd" and logged["trainer"]["max_steps"] == 4
+    assert logged["paths"]["output_dir"] == str(run) and "hydra" not in logged  # resolved, no interpolations
+    rows = list(csv.DictReader(open(run / "csv" / "metrics.csv")))
+    columns = set(rows[0])
+    assert {"train/ce", "train/kd_fkl", "train/loss", "val/ce", "val/kl_from_teacher", "eval/ex"} <= columns
+    assert sum(1 for r in rows if r["train/kd_fkl"]) == 4  # each loss term logged at every step
+
+
+def test_submitit_local_launcher_runs_a_two_job_multirun(tmp_path):
+    env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path.parent / "cache")}
+    command = [sys.executable, "-m", "kdlight.cli.train", "-m", "hydra/launcher=local", "debug=fdr",
+               "method=sft,fkd", f"hydra.sweep.dir={tmp_path}/sweep"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/metrics.json")}
+    assert {m["method"] for m in results.values()} == {"sft", "fkd"}
+    assert all(m["steps"] == 2 for m in results.values())
+    assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))  # really ran through submitit

@@ -53,6 +53,8 @@ def train(cfg: DictConfig) -> dict:
     logger = instantiate(cfg.logger) if cfg.logger else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    for experiment_logger in trainer.loggers:  # the whole resolved config, so every run says what it was
+        experiment_logger.log_hyperparams(_resolved(cfg))
     identity = {"method": method.name, "stage": cfg.stage, "model": trained.name, "data": cfg.data_name,
                 "seed": cfg.seed, "teacher": teacher_spec.name if teacher_spec else None,
                 "teacher_params": count_parameters(teacher) if teacher is not None else None}
@@ -65,6 +67,12 @@ def train(cfg: DictConfig) -> dict:
         return metrics
     finally:
         _finish_wandb(failed)
+
+
+def _resolved(cfg: DictConfig) -> dict:
+    """The run's config as plain data, without Hydra's own section."""
+    return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            for key, value in cfg.items() if key != "hydra"}
 
 
 def _model_specs(cfg: DictConfig, needs_teacher: bool) -> tuple[ModelSpec, ModelSpec | None]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import lightning as L
 import torch
@@ -62,7 +62,8 @@ class DistillationModule(L.LightningModule):
         self.method, self.tokenizer, self.vocab_size = method, tokenizer, vocab_size
         self.optimizer_factory, self.options = optimizer, options
         self.source_rng = torch.Generator().manual_seed(seed)
-        self.save_hyperparameters({"method": method.name, "vocab_size": vocab_size, **asdict(options)})
+        # The entry point logs the whole resolved config; these keys must not collide with it.
+        self.save_hyperparameters({"method_name": method.name, "shared_vocab_size": vocab_size})
 
     # --- placement -------------------------------------------------------------------------------
     def _place_teacher(self) -> None:
