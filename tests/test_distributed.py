@@ -1,0 +1,65 @@
+"""DDP on CPU (gloo): two processes give the same loss normalisation and update as one process."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import lightning as L
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from kdlight.data.text2sql import _collate
+from kdlight.losses import ReverseKL
+from kdlight.methods import GoldSequences, Method
+from kdlight.training.module import DistillationModule, LoopOptions
+from tests.helpers import tiny_model, toy_batches
+
+
+def examples(tokenizer, n=8):
+    batch = toy_batches(tokenizer, n=n)[0]
+    return [(batch.prompt_ids[i][batch.prompt_mask[i].bool()].tolist(),
+             batch.target_ids[i][batch.target_mask[i].bool()].tolist(), i) for i in range(n)]
+
+
+def one_step(tokenizer, tmp_path, devices: int):
+    torch.manual_seed(0)
+    method = Method("rkd", GoldSequences(), ReverseKL(), ce_weight=1.0)
+    module = DistillationModule(tiny_model(tokenizer, seed=0), method, tokenizer, len(tokenizer),
+                                partial(torch.optim.SGD, lr=0.5),
+                                LoopOptions(grad_clip=None, warmup_steps=1, min_lr_ratio=1.0),
+                                tiny_model(tokenizer, seed=1, pad_multiple=64))
+    start = {n: p.detach().clone() for n, p in module.student.named_parameters()}
+    loader = DataLoader(examples(tokenizer), batch_size=8 // devices, shuffle=False,
+                        collate_fn=partial(_collate, pad_id=tokenizer.pad_token_id))
+    strategy = "ddp_spawn" if devices > 1 else "auto"
+    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=loader)
+    trainer.save_checkpoint(tmp_path / "last.ckpt")
+    return {n: p.detach() - start[n] for n, p in module.student.named_parameters()}
+
+
+@pytest.fixture
+def file_system_sharing():
+    """Spawned workers receive the module through torch's shared memory; the default
+    file-descriptor strategy failed here ("unable to resize file"), file_system works."""
+    previous = torch.multiprocessing.get_sharing_strategy()
+    torch.multiprocessing.set_sharing_strategy("file_system")
+    yield
+    torch.multiprocessing.set_sharing_strategy(previous)
+
+
+def test_two_process_ddp_matches_one_process_and_its_checkpoint_reloads(tokenizer, tmp_path, file_system_sharing):
+    single = one_step(tokenizer, tmp_path / "one", devices=1)
+    ddp = one_step(tokenizer, tmp_path / "ddp", devices=2)  # 4 examples per rank, same global batch
+    assert any(d.abs().max() > 0 for d in single.values())
+    for name in single:
+        torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-7)
+    state = torch.load(tmp_path / "ddp" / "last.ckpt", weights_only=False)["state_dict"]
+    assert state and all(k.startswith("student.") for k in state)
+    reloaded = tiny_model(tokenizer, seed=5)  # on one process
+    reloaded.load_state_dict({k.removeprefix("student."): v for k, v in state.items()})
+    torch.testing.assert_close(dict(reloaded.named_parameters())["model.norm.weight"],
+                               state["student.model.norm.weight"])
