@@ -90,16 +90,22 @@ def test_every_method_runs_fast_dev_run(overrides, tmp_path):
         assert metrics["teacher_params"] > 0
 
 
-def test_cli_multirun_writes_one_folder_per_job(tmp_path):
+def test_cli_multirun_writes_one_folder_per_job_and_survives_a_failed_job(tmp_path):
     env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path.parent / "cache")}
+    # jobs with a negative learning rate fail (AdamW refuses it); the others must still run
     command = [sys.executable, "-m", "kdlight.cli.train", "-m", "debug=fdr", "method=sft,rkd",
-               f"hydra.sweep.dir={tmp_path}/sweep"]
+               "optimizer.lr=-1,1e-3", f"hydra.sweep.dir={tmp_path}/sweep"]
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
-    jobs = sorted(p.parent.name for p in (tmp_path / "sweep").glob("*/metrics.json"))
-    assert jobs == ["0_debug=fdr,method=sft", "1_debug=fdr,method=rkd"]
-    for job in jobs:
-        assert (tmp_path / "sweep" / job / ".hydra" / "config.yaml").exists()
+    sweep = tmp_path / "sweep"
+    finished = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
+    failed = sorted(p.parent.name for p in sweep.glob("*/error.txt"))
+    assert len(finished) == 2 and all("optimizer.lr=0.001" in job for job in finished)
+    assert len(failed) == 2 and all("optimizer.lr=-1" in job for job in failed)
+    assert "Invalid learning rate" in (sweep / failed[0] / "error.txt").read_text()
+    assert "job failed: ValueError" in done.stderr + done.stdout
+    for job in finished:
+        assert (sweep / job / ".hydra" / "config.yaml").exists()
 
 
 @pytest.mark.gpu

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
 import lightning as L
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -29,6 +32,7 @@ from kdlight.training.run import fit_and_evaluate, resolve_tokenizer
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+FAILURE_FILE = "error.txt"  # written in a multirun job's folder when the job fails
 
 
 def train(cfg: DictConfig) -> dict:
@@ -111,8 +115,22 @@ def _finish_wandb(failed: bool) -> None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     log.info("config:\n" + OmegaConf.to_yaml(cfg, resolve=True))
-    metrics = train(cfg)
+    try:
+        metrics = train(cfg)
+    except Exception as error:
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            raise
+        # One failed job must not stop a sweep: record why in the job's folder and go on.
+        _record_failure(Path(cfg.paths.output_dir), error)
+        return None
     return metrics.get(cfg.optimized_metric)
+
+
+def _record_failure(output_dir: Path, error: Exception) -> None:
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / FAILURE_FILE).write_text("".join(traceback.format_exception(error)))
+    log.error(f"job failed: {type(error).__name__}: {error} (traceback in {output_dir / FAILURE_FILE}); "
+              "the sweep goes on with the next job")
 
 
 if __name__ == "__main__":
