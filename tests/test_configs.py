@@ -147,3 +147,24 @@ def test_submitit_local_launcher_runs_a_two_job_multirun(tmp_path):
     assert {m["method"] for m in results.values()} == {"sft", "fkd"}
     assert all(m["steps"] == 2 for m in results.values())
     assert list((tmp_path / "sweep" / ".submitit").glob("*/*_result.pkl"))  # really ran through submitit
+
+
+def test_teachers_are_published_by_size_and_found_by_student_runs(tmp_path):
+    teachers = tmp_path / "teachers"
+    cfg = compose_cfg(["debug=fdr", "stage=teacher", "model@teacher=llama-s", f"paths.teachers_dir={teachers}"],
+                      tmp_path / "t")
+    train(cfg)
+    stored = teachers / "sqlgen" / "llama-s"
+    assert (stored / "config.json").exists() and (stored / "tokenizer_config.json").exists()
+
+    cfg = compose_cfg(["debug=fdr", "method=fkd", "model@teacher=llama-s", "teacher_from_store=true",
+                       f"paths.teachers_dir={teachers}"], tmp_path / "s")
+    metrics = train(cfg)
+    assert metrics["teacher"] == "llama-s" and metrics["teacher_params"] > 0
+    # the student run used the stored teacher's tokenizer (no tokenizer trained in this run)
+    assert not (Path(cfg.paths.output_dir) / "tokenizer").exists()
+
+    cfg = compose_cfg(["debug=fdr", "method=fkd", "model@teacher=llama-l", "teacher_from_store=true",
+                       f"paths.teachers_dir={teachers}"], tmp_path / "missing")
+    with pytest.raises(FileNotFoundError, match="no stored teacher 'llama-l' .* stage=teacher model@teacher=llama-l"):
+        train(cfg)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import hydra
@@ -29,6 +30,7 @@ from kdlight.models.build import ModelSpec, build_model, count_parameters
 from kdlight.models.vocab import ModelVocab, shared_vocab_size
 from kdlight.training.module import DistillationModule
 from kdlight.training.run import fit_and_evaluate, resolve_tokenizer
+from kdlight.training.teacher_store import publish_teacher, require_stored_teacher, stored_teacher
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -67,6 +69,9 @@ def train(cfg: DictConfig) -> dict:
     failed = True
     try:
         metrics = fit_and_evaluate(module, trainer, datamodule, output_dir, identity)
+        if cfg.stage == "teacher" and trainer.is_global_zero:
+            store = publish_teacher(output_dir / "model", stored_teacher(cfg.paths.teachers_dir, cfg.data_name, trained.name))
+            log.info(f"teacher published to {store} (use teacher_from_store=true in student runs)")
         failed = False
         return metrics
     finally:
@@ -89,6 +94,9 @@ def _model_specs(cfg: DictConfig, needs_teacher: bool) -> tuple[ModelSpec, Model
     if cfg.stage != "student":
         raise ValueError(f"stage must be 'teacher' or 'student', got '{cfg.stage}'")
     teacher = instantiate(cfg.teacher) if needs_teacher else None
+    if teacher is not None and cfg.teacher_from_store:
+        store = stored_teacher(cfg.paths.teachers_dir, cfg.data_name, teacher.name)
+        teacher = replace(teacher, path=str(require_stored_teacher(store, cfg.data_name, teacher.name)))
     if teacher is not None and teacher.path is None:
         log.warning(f"method {cfg.method.name} distils from a randomly initialised teacher: set "
                     "teacher.path=<teacher run>/model to distil from a trained one")
