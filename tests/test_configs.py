@@ -168,3 +168,37 @@ def test_teachers_are_published_by_size_and_found_by_student_runs(tmp_path):
                        f"paths.teachers_dir={teachers}"], tmp_path / "missing")
     with pytest.raises(FileNotFoundError, match="no stored teacher 'llama-l' .* stage=teacher model@teacher=llama-l"):
         train(cfg)
+
+
+def wandb_records(run_dir: Path) -> list[dict]:
+    """The records of the offline W&B run under run_dir, read back with wandb's own inspector."""
+    log_file = next(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
+    done = subprocess.run([str(Path(sys.executable).parent / "wandb"), "leet", "inspect", "--json", str(log_file)],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.parametrize("fails", [False, True], ids=["finished", "failed"])
+def test_wandb_offline_run_holds_config_tags_metrics_and_is_always_finished(tmp_path, monkeypatch, fails):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    cfg = compose_cfg(["logger=wandb", "debug=limit", "trainer.max_steps=3", "data.limit_eval=4",
+                       "data.eval_workers=1", "method=rkd", "trainer.log_every_n_steps=1",
+                       *(["optimizer.lr=-1"] if fails else [])], tmp_path)
+    if fails:
+        with pytest.raises(Exception, match="Invalid learning rate"):
+            train(cfg)
+    else:
+        train(cfg)
+    records = wandb_records(Path(cfg.paths.output_dir))
+    run = next(r["run"] for r in records if r["type"] == "run")
+    assert set(run["tags"]) >= {"rkd", "sqlgen", "teacher=llama-m", "student=llama-xs", "seed=0"}
+    assert run["run_group"] == cfg.hydra.sweep.dir
+    exits = [r["exit"] for r in records if r["type"] == "exit"]
+    assert len(exits) == 1 and exits[0].get("exit_code", 0) == (1 if fails else 0)  # finished either way
+    if not fails:
+        config = {k: v for r in records if r["type"] == "config" for k, v in r["config"]["update"].items()}
+        assert config["method"]["name"] == "rkd" and config["trainer"]["max_steps"] == 3  # the resolved config
+        logged = {k for r in records if r["type"] == "history" for k in r["history"]["item"]}
+        assert {"train/ce", "train/kd_rkl", "train/loss", "val/ce", "val/kl_from_teacher", "eval/ex"} <= logged
