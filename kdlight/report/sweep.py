@@ -1,0 +1,92 @@
+"""Collect the jobs of one or more sweep folders and aggregate them into a paper-style table.
+
+A job is any folder with `.hydra/config.yaml`. It is finished if it has `metrics.json`, failed if
+it has `error.txt` (written by `kdlight-train` in a multirun), and otherwise missing (still running,
+killed, or never started). Rows are (method, student, teacher); columns are benchmark x metric;
+seeds are aggregated as mean and sample standard deviation.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class Jobs:
+    finished: list[dict] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)  # (folder, last line of the error)
+    missing: list[Path] = field(default_factory=list)
+
+
+def collect(folders: list[Path]) -> Jobs:
+    jobs = Jobs()
+    for folder in folders:
+        if not folder.is_dir():
+            raise FileNotFoundError(f"not a folder: {folder}")
+        for config in sorted(folder.rglob(".hydra/config.yaml")):
+            job = config.parent.parent
+            if (job / "metrics.json").exists():
+                jobs.finished.append({"folder": str(job), **json.loads((job / "metrics.json").read_text())})
+            elif (job / "error.txt").exists():
+                lines = (job / "error.txt").read_text().strip().splitlines()
+                jobs.failed.append((job, lines[-1] if lines else "unknown error"))
+            else:
+                jobs.missing.append(job)
+    return jobs
+
+
+@dataclass(frozen=True)
+class Cell:
+    mean: float
+    std: float | None
+    n: int
+
+    def render(self, fmt: str = "{:.1f}") -> str:
+        text = fmt.format(self.mean)
+        return text if self.std is None else f"{text} ± {fmt.format(self.std)}"
+
+
+def _cell(values: list[float]) -> Cell | None:
+    if not values:
+        return None
+    return Cell(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
+
+
+def aggregate(runs: list[dict], metrics: list[str], baseline: str) -> tuple[list[str], list[dict]]:
+    """Rows of cells keyed `<data> <metric>`, plus `average`, `delta`, `relative_step`, `seeds`."""
+    benchmarks = sorted({r["data"] for r in runs})
+    columns = [f"{b} {m.split('/')[-1].upper()}" for b in benchmarks for m in metrics]
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for run in runs:
+        groups[(run["method"], run["model"], run.get("teacher") or "-")].append(run)
+    base_step = {}  # (data, student) -> mean SFT step time
+    for (method, model, _), members in groups.items():
+        if method == baseline:
+            for b in benchmarks:
+                times = [r["step_time_s"] for r in members if r["data"] == b and r.get("step_time_s")]
+                if times:
+                    base_step[(b, model)] = statistics.fmean(times)
+    rows = []
+    for (method, model, teacher), members in sorted(groups.items()):
+        row = {"method": method, "student": model, "teacher": teacher,
+               "seeds": len({(r["data"], r["seed"]) for r in members}) // max(1, len({r["data"] for r in members}))}
+        for b in benchmarks:
+            for m in metrics:
+                row[f"{b} {m.split('/')[-1].upper()}"] = _cell([r[m] for r in members if r["data"] == b and m in r])
+        means = [row[c].mean for c in columns if row[c] is not None]
+        row["average"] = statistics.fmean(means) if len(means) == len(columns) else None
+        ratios = [r["step_time_s"] / base_step[(r["data"], model)] for r in members
+                  if r.get("step_time_s") and (r["data"], model) in base_step]
+        row["relative_step"] = statistics.fmean(ratios) if ratios else None
+        rows.append(row)
+    base_average = {r["student"]: r["average"] for r in rows if r["method"] == baseline}
+    for row in rows:
+        base = base_average.get(row["student"])
+        row["delta"] = row["average"] - base if row["average"] is not None and base is not None else None
+    return columns, rows

@@ -1,0 +1,60 @@
+"""`kdlight-report` on real sweep folders: seeds aggregated, baseline deltas, failed and missing jobs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kdlight.cli.report import main as report
+
+
+def sweep(tmp_path: Path, name: str, overrides: list[str]) -> Path:
+    env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path.parent / "cache")}
+    folder = tmp_path / name
+    command = [sys.executable, "-m", "kdlight.cli.train", "-m", "debug=fdr", *overrides, f"hydra.sweep.dir={folder}"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return folder
+
+
+def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, capsys):
+    main_sweep = sweep(tmp_path, "main", ["method=sft,rkd", "seed=0,1"])
+    broken = sweep(tmp_path, "broken", ["method=fkd", "optimizer.lr=-1"])
+    killed = main_sweep / "9_killed"  # a job that started (config written) and never finished
+    shutil.copytree(next(main_sweep.glob("0_*/.hydra")), killed / ".hydra")
+
+    report([str(main_sweep), str(broken), "--metrics", "eval/ex,val/ce", "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| method | student | teacher | seeds | sqlgen EX | sqlgen CE | average | Δ vs sft | step vs sft |" in text
+    assert "4 finished runs; 1 failed" in text and "Invalid learning rate" in text
+    assert "1 missing" in text and "9_killed" in text
+    assert (tmp_path / "out" / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+    runs = [json.loads(p.read_text()) for p in main_sweep.glob("*/metrics.json")]
+    rows = {r["method"]: r for r in csv.DictReader(open(tmp_path / "out" / "report.csv"))}
+    assert set(rows) == {"sft", "rkd"} and rows["rkd"]["teacher"] == "llama-m" and rows["sft"]["seeds"] == "2"
+    for method in ("sft", "rkd"):
+        ce = [r["val/ce"] for r in runs if r["method"] == method]
+        assert ce[0] != ce[1]  # the seeds really differ, so mean and spread are informative
+        assert float(rows[method]["sqlgen CE mean"]) == pytest.approx(statistics.fmean(ce))
+        assert float(rows[method]["sqlgen CE std"]) == pytest.approx(statistics.stdev(ce))
+    assert float(rows["sft"]["relative_step"]) == pytest.approx(1.0)
+    assert float(rows["rkd"]["relative_step"]) > 1.0  # a teacher forward on top of the student's step
+    average = lambda m: (float(rows[m]["sqlgen EX mean"]) + float(rows[m]["sqlgen CE mean"])) / 2  # noqa: E731
+    assert float(rows["rkd"]["delta"]) == pytest.approx(average("rkd") - average("sft"))
+    assert "written:" in capsys.readouterr().out
+
+
+def test_report_without_finished_runs_is_a_clear_error(tmp_path):
+    with pytest.raises(SystemExit, match="no finished runs"):
+        report([str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        report([str(tmp_path / "nowhere")])
