@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from functools import partial
 
 import lightning as L
-import torch
 from torch.utils.data import DataLoader
 from transformers import PreTrainedTokenizerBase
 
 from kdlight.data.batch import collate
+from kdlight.data.resumable import EpochBatchSampler, ResumableLoader
 from kdlight.data.spider import LoadReport, PromptParts, SpiderSource, SqlExample, load_examples
 from kdlight.data.sqlgen import GeneratorSpec, ensure_generated
 from kdlight.eval.text2sql import ExecutionLimits, ScoreItem, score_predictions, score_record
@@ -118,20 +118,32 @@ class Text2SQLDataModule(L.LightningDataModule):
         return [((bos + p)[-self.max_prompt_tokens:], t[: self.max_target_tokens - 1] + [tok.eos_token_id])
                 for p, t in zip(prompts, targets)]
 
-    def _loader(self, name: str, batch_size: int, shuffle: bool) -> DataLoader:
-        data = [(p, t, i) for i, (p, t) in enumerate(self._encoded[name])]
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(data, batch_size=batch_size, shuffle=shuffle, generator=generator,
-                          num_workers=self.num_workers, collate_fn=partial(_collate, pad_id=self.tokenizer.pad_token_id))
+    def _examples(self, name: str) -> list[tuple[list[int], list[int], int]]:
+        return [(p, t, i) for i, (p, t) in enumerate(self._encoded[name])]
+
+    def _collate_fn(self):
+        return partial(_collate, pad_id=self.tokenizer.pad_token_id)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.batch_size, shuffle=True)
+        """Seeded per-epoch order, resumable mid-epoch, sharded by rank (see kdlight.data.resumable)."""
+        trainer = self.trainer
+        sampler = EpochBatchSampler(len(self._encoded["train"]), self.batch_size, self.seed,
+                                    epoch=lambda: trainer.current_epoch if trainer else 0,
+                                    rank=lambda: (trainer.global_rank, trainer.world_size) if trainer else (0, 1))
+        processed = lambda: trainer.fit_loop.epoch_loop.batch_progress.current.processed  # noqa: E731
+        return ResumableLoader(self._examples("train"), sampler, processed, num_workers=self.num_workers,
+                               collate_fn=self._collate_fn())
+
+    def _eval_loader(self) -> DataLoader:
+        """Every rank sees every evaluation example; rank 0 scores them all."""
+        return DataLoader(self._examples("eval"), batch_size=self.eval_batch_size, shuffle=False,
+                          num_workers=self.num_workers, collate_fn=self._collate_fn())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("eval", self.eval_batch_size, shuffle=False)
+        return self._eval_loader()
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("eval", self.eval_batch_size, shuffle=False)
+        return self._eval_loader()
 
 
     def evaluate(self, predictions: dict[int, str], prefix: str = "eval") -> tuple[dict[str, float], list[dict]]:

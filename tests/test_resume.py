@@ -1,0 +1,55 @@
+"""Fault tolerance: kill -9 mid-epoch, re-run the same command, end exactly where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+SETTINGS = ["method=sft", "data.limit_train=64", "data.batch_size=8", "data.limit_eval=8", "data.eval_workers=1",
+            "trainer.max_steps=40", "trainer.val_check_interval=20", "callbacks.checkpoint.every_n_train_steps=5",
+            "loop.warmup_steps=2", "loop.max_new_tokens=16", "threads=1"]
+
+
+def command(folder: Path) -> list[str]:
+    return [sys.executable, "-m", "kdlight.cli.train", *SETTINGS, f"hydra.run.dir={folder}"]
+
+
+def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path):
+    env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path / "cache")}
+    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, env=env, timeout=600)
+    assert whole.returncode == 0, whole.stderr[-3000:]
+
+    folder = tmp_path / "killed"
+    job = subprocess.Popen(command(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    last = folder / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and job.poll() is None:
+        if last.exists() and torch.load(last, weights_only=False, map_location="cpu")["global_step"] >= 15:
+            break
+        time.sleep(0.2)
+    assert job.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(job.pid, signal.SIGKILL)  # mid-epoch: 8 batches an epoch, killed after step 15
+    job.wait()
+    killed_at = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
+    assert 15 <= killed_at < 40 and killed_at % 8 != 0
+    assert not (folder / "metrics.json").exists()
+
+    again = subprocess.run(command(folder), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((folder / "metrics.json").read_text())
+    assert b["steps"] == a["steps"] == 40
+    for key in ("val/ce", "eval/ex", "eval/em"):
+        assert b[key] == a[key], key
+    weights_a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    weights_b = load_file(folder / "model" / "model.safetensors")
+    for name in weights_a:
+        torch.testing.assert_close(weights_b[name], weights_a[name], rtol=0, atol=1e-6)
