@@ -202,3 +202,27 @@ def test_wandb_offline_run_holds_config_tags_metrics_and_is_always_finished(tmp_
         assert config["method"]["name"] == "rkd" and config["trainer"]["max_steps"] == 3  # the resolved config
         logged = {k for r in records if r["type"] == "history" for k in r["history"]["item"]}
         assert {"train/ce", "train/kd_rkl", "train/loss", "val/ce", "val/kl_from_teacher", "eval/ex"} <= logged
+
+
+def test_slurm_requeue_has_one_owner(tmp_path, monkeypatch):
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from kdlight.cli.train import _plugins
+    from kdlight.training.checkpoint_io import AtomicCheckpointIO
+
+    cfg = compose_cfg(["hydra/launcher=slurm"], tmp_path)
+    assert cfg.hydra.launcher.max_num_timeout > 0  # the launcher requeues on timeout
+    plugins = _plugins(cfg)
+    assert [type(p) for p in plugins] == [AtomicCheckpointIO]  # not under SLURM: nothing to own
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "kdlight", "SLURM_JOB_ID": "123",
+                       "SLURM_NODELIST": "node1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    slurm = [p for p in _plugins(cfg) if isinstance(p, SLURMEnvironment)]
+    assert len(slurm) == 1 and slurm[0].auto_requeue is False  # Lightning does not requeue as well
+    cfg = compose_cfg(["requeue_owner=lightning"], tmp_path)
+    assert not [p for p in _plugins(cfg) if isinstance(p, SLURMEnvironment)]  # Lightning's default applies
+    cfg = compose_cfg(["requeue_owner=both"], tmp_path)
+    with pytest.raises(ValueError, match="requeue_owner must be"):
+        _plugins(cfg)
+    metrics = train(compose_cfg(["debug=fdr"], tmp_path))  # a run under (simulated) SLURM with the plugin
+    assert metrics["steps"] == 2

@@ -23,6 +23,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
 from kdlight.data.tokenizer import has_tokenizer, load_tokenizer
@@ -58,7 +59,7 @@ def train(cfg: DictConfig) -> dict:
                                 instantiate(cfg.loop), teacher, seed=cfg.seed)
     logger = instantiate(cfg.logger) if cfg.logger else False
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks)
+    trainer = instantiate(cfg.trainer, logger=logger, callbacks=callbacks, plugins=_plugins(cfg))
     for experiment_logger in trainer.loggers:  # the whole resolved config, so every run says what it was
         experiment_logger.log_hyperparams(_resolved(cfg))
     identity = {"method": method.name, "stage": cfg.stage, "model": trained.name, "data": cfg.data_name,
@@ -76,6 +77,23 @@ def train(cfg: DictConfig) -> dict:
         return metrics
     finally:
         _finish_wandb(failed)
+
+
+def _plugins(cfg: DictConfig) -> list:
+    """Trainer plugins from the config, plus the SLURM requeue owner.
+
+    Under SLURM both Lightning (SLURMEnvironment) and the submitit launcher can requeue a job that
+    reaches its time limit; two owners requeue it twice. With `requeue_owner=launcher` (default)
+    Lightning's auto-requeue is off and submitit requeues (`hydra.launcher.max_num_timeout`); the
+    job re-runs in the same folder and resumes from checkpoints/last.ckpt. Use
+    `requeue_owner=lightning` for plain `sbatch` scripts without the launcher.
+    """
+    plugins = [instantiate(p) for p in cfg.trainer.plugins or []]
+    if cfg.requeue_owner not in ("launcher", "lightning"):
+        raise ValueError(f"requeue_owner must be 'launcher' or 'lightning', got '{cfg.requeue_owner}'")
+    if cfg.requeue_owner == "launcher" and SLURMEnvironment.detect():
+        plugins.append(SLURMEnvironment(auto_requeue=False))
+    return plugins
 
 
 def _resolved(cfg: DictConfig) -> dict:
