@@ -226,3 +226,16 @@ def test_slurm_requeue_has_one_owner(tmp_path, monkeypatch):
         _plugins(cfg)
     metrics = train(compose_cfg(["debug=fdr"], tmp_path))  # a run under (simulated) SLURM with the plugin
     assert metrics["steps"] == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("placement", ["replicate", "shard"])
+def test_fsdp_bf16_fast_dev_run(tmp_path, placement):
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    cfg = compose_cfg(["debug=fdr", "trainer=fsdp", f"trainer.devices={min(2, torch.cuda.device_count())}",
+                       "method=rkd", f"loop.teacher_placement={placement}"], tmp_path)
+    metrics = train(cfg)
+    assert metrics["steps"] == 2 and metrics["eval/n"] == 8

@@ -22,12 +22,27 @@ def examples(tokenizer, n=8):
              batch.target_ids[i][batch.target_mask[i].bool()].tolist(), i) for i in range(n)]
 
 
-def one_step(tokenizer, tmp_path, devices: int):
+class TeacherPlacementCheck(L.Callback):
+    """Runs inside every worker: is the teacher really sharded (1/world of its parameters here)?"""
+
+    def __init__(self, sharded: bool):
+        self.sharded = sharded
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        teacher = module.teacher
+        assert teacher.sharded == self.sharded
+        local = sum(getattr(p, "to_local", lambda p=p: p)().numel() for p in teacher.model.parameters())
+        full = sum(p.numel() for p in teacher.model.parameters())
+        assert (local < full) == self.sharded and all(not p.requires_grad for p in teacher.model.parameters())
+
+
+def one_step(tokenizer, tmp_path, devices: int, placement: str = "replicate"):
     torch.manual_seed(0)
     method = Method("rkd", GoldSequences(), ReverseKL(), ce_weight=1.0)
     module = DistillationModule(tiny_model(tokenizer, seed=0), method, tokenizer, len(tokenizer),
                                 partial(torch.optim.SGD, lr=0.5),
-                                LoopOptions(grad_clip=None, warmup_steps=1, min_lr_ratio=1.0),
+                                LoopOptions(grad_clip=None, warmup_steps=1, min_lr_ratio=1.0,
+                                            teacher_placement=placement),
                                 tiny_model(tokenizer, seed=1, pad_multiple=64))
     start = {n: p.detach().clone() for n, p in module.student.named_parameters()}
     loader = DataLoader(examples(tokenizer), batch_size=8 // devices, shuffle=False,
@@ -35,7 +50,8 @@ def one_step(tokenizer, tmp_path, devices: int):
     strategy = "ddp_spawn" if devices > 1 else "auto"
     trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
                         enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        default_root_dir=tmp_path)
+                        default_root_dir=tmp_path,
+                        callbacks=[TeacherPlacementCheck(sharded=placement == "shard" and devices > 1)])
     trainer.fit(module, train_dataloaders=loader)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     return {n: p.detach() - start[n] for n, p in module.student.named_parameters()}
@@ -51,9 +67,11 @@ def file_system_sharing():
     torch.multiprocessing.set_sharing_strategy(previous)
 
 
-def test_two_process_ddp_matches_one_process_and_its_checkpoint_reloads(tokenizer, tmp_path, file_system_sharing):
+@pytest.mark.parametrize("placement", ["replicate", "shard"])
+def test_two_process_ddp_matches_one_process_and_its_checkpoint_reloads(tokenizer, tmp_path, file_system_sharing,
+                                                                         placement):
     single = one_step(tokenizer, tmp_path / "one", devices=1)
-    ddp = one_step(tokenizer, tmp_path / "ddp", devices=2)  # 4 examples per rank, same global batch
+    ddp = one_step(tokenizer, tmp_path / "ddp", devices=2, placement=placement)  # 4 examples per rank
     assert any(d.abs().max() > 0 for d in single.values())
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-7)
@@ -63,3 +81,19 @@ def test_two_process_ddp_matches_one_process_and_its_checkpoint_reloads(tokenize
     reloaded.load_state_dict({k.removeprefix("student."): v for k, v in state.items()})
     torch.testing.assert_close(dict(reloaded.named_parameters())["model.norm.weight"],
                                state["student.model.norm.weight"])
+
+
+def test_epoch_sampler_shards_global_batches_and_resumes():
+    from kdlight.data.resumable import EpochBatchSampler
+
+    ranks = [EpochBatchSampler(21, 4, seed=3, epoch=lambda: 1, rank=lambda r=r: (r, 2)) for r in range(2)]
+    batches = [list(s) for s in ranks]
+    assert [len(b) for b in batches] == [2, 2]  # 21 examples, global batch 8: only complete ones
+    for a, b in zip(*batches):
+        assert len(a) == len(b) == 4 and not set(a) & set(b)
+    single = EpochBatchSampler(21, 4, seed=3, epoch=lambda: 1)
+    full = list(single)
+    assert [len(b) for b in full] == [4, 4, 4, 4, 4, 1] and sorted(sum(full, [])) == list(range(21))
+    assert full != list(EpochBatchSampler(21, 4, seed=3, epoch=lambda: 2))  # a new order each epoch
+    single.skip = 4
+    assert list(single) == full[4:] and list(single) == full  # the skip applies once, after a resume

@@ -6,6 +6,8 @@ is the epoch and the number of batches the training loop has *processed* in it, 
 trainer's progress: Lightning prefetches one batch ahead, so counting batches handed out would
 skip one on resume. Under DDP, each rank takes its slice of every global batch (the sampler does
 the sharding, so Lightning's DistributedSampler is turned off: `use_distributed_sampler: false`).
+With more than one rank only complete global batches are used, so every rank runs the same steps
+with the same batch size (collective operations, a sharded teacher among them, never wait forever).
 """
 
 from __future__ import annotations
@@ -36,17 +38,17 @@ class EpochBatchSampler(Sampler[list[int]]):
 
     def __len__(self) -> int:
         _, world = self.rank()
-        return math.ceil(self.size / (self.batch_size * world))
+        batches = self.size / (self.batch_size * world)
+        return math.ceil(batches) if world == 1 else math.floor(batches)
 
     def __iter__(self) -> Iterator[list[int]]:
         rank, world = self.rank()
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch()))
         global_batch = self.batch_size * world
         skip, self.skip = self.skip, 0
-        for start in range(skip * global_batch, self.size, global_batch):
-            batch = order[start: start + global_batch][rank * self.batch_size: (rank + 1) * self.batch_size]
-            if len(batch):
-                yield batch.tolist()
+        for index in range(skip, len(self)):
+            start = index * global_batch + rank * self.batch_size
+            yield order[start: start + self.batch_size].tolist()
 
 
 class ResumableLoader(DataLoader):

@@ -40,6 +40,8 @@ class LoopOptions:
         warmup_steps: linear learning-rate warm-up.
         min_lr_ratio: cosine decay ends at this fraction of the peak learning rate.
         max_new_tokens: decoding length for predictions.
+        teacher_placement: `replicate` (a full teacher per rank) or `shard` (FSDP2 across ranks,
+            1/world of its memory per rank; see kdlight.training.teacher).
     """
 
     micro_batch_size: int | None = None
@@ -47,6 +49,7 @@ class LoopOptions:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     max_new_tokens: int = 128
+    teacher_placement: str = "replicate"
 
 
 class DistillationModule(L.LightningModule):
@@ -58,7 +61,7 @@ class DistillationModule(L.LightningModule):
             raise ValueError(f"method '{method.name}' needs a teacher, but none was given")
         self.automatic_optimization = False
         self.student = student
-        self.teacher = FrozenTeacher(teacher) if teacher is not None else None
+        self.teacher = FrozenTeacher(teacher, options.teacher_placement) if teacher is not None else None
         self.method, self.tokenizer, self.vocab_size = method, tokenizer, vocab_size
         self.optimizer_factory, self.options = optimizer, options
         self.source_rng = torch.Generator().manual_seed(seed)
