@@ -54,7 +54,8 @@ def one_step(tokenizer, tmp_path, devices: int, placement: str = "replicate"):
                         callbacks=[TeacherPlacementCheck(sharded=placement == "shard" and devices > 1)])
     trainer.fit(module, train_dataloaders=loader)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
-    return {n: p.detach() - start[n] for n, p in module.student.named_parameters()}
+    update = {n: p.detach() - start[n] for n, p in module.student.named_parameters()}
+    return update, float(trainer.callback_metrics["train/loss"])
 
 
 @pytest.fixture
@@ -70,8 +71,9 @@ def file_system_sharing():
 @pytest.mark.parametrize("placement", ["replicate", "shard"])
 def test_two_process_ddp_matches_one_process_and_its_checkpoint_reloads(tokenizer, tmp_path, file_system_sharing,
                                                                          placement):
-    single = one_step(tokenizer, tmp_path / "one", devices=1)
-    ddp = one_step(tokenizer, tmp_path / "ddp", devices=2, placement=placement)  # 4 examples per rank
+    single, single_loss = one_step(tokenizer, tmp_path / "one", devices=1)
+    ddp, ddp_loss = one_step(tokenizer, tmp_path / "ddp", devices=2, placement=placement)  # 4 examples per rank
+    assert ddp_loss == pytest.approx(single_loss, rel=1e-5)  # loss normalised by the global token count
     assert any(d.abs().max() > 0 for d in single.values())
     for name in single:
         torch.testing.assert_close(ddp[name], single[name], rtol=1e-4, atol=1e-7)

@@ -137,14 +137,17 @@ class DistillationModule(L.LightningModule):
         scheduler.step()
 
     def _log_step(self, logged: dict[str, float], batch_size: int) -> None:
+        """Each term's share on this rank is its sum here / the global count, so the step's value
+        is the sum over ranks (`reduce_fx="sum"` with `sync_dist`)."""
         weights = {"ce": self.method.ce_weight}
         if self.method.divergence is not None:
             weights[f"kd_{self.method.divergence.name}"] = self.method.kd_weight
-        metrics = {f"train/{k}": v for k, v in logged.items()}
-        metrics["train/loss"] = sum(weights[k] * v for k, v in logged.items())
-        metrics["train/lr"] = self.lr_schedulers().get_last_lr()[0]
-        self.log_dict(metrics, prog_bar=False, batch_size=batch_size)
-        self.log("loss", metrics["train/loss"], prog_bar=True, logger=False, batch_size=batch_size)
+        terms = {f"train/{k}": torch.tensor(v, device=self.device) for k, v in logged.items()}
+        terms["train/loss"] = sum(weights[k] * terms[f"train/{k}"] for k in logged)
+        self.log_dict(terms, batch_size=batch_size, sync_dist=True, reduce_fx="sum")
+        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=batch_size)
+        self.log("loss", terms["train/loss"], prog_bar=True, logger=False, batch_size=batch_size,
+                 sync_dist=True, reduce_fx="sum")
 
     # --- evaluation ------------------------------------------------------------------------------
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
