@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import lightning as L
 import torch
 from torch.utils.data import DataLoader
@@ -38,3 +43,12 @@ def cpu_trainer(tmp_path, max_steps: int, **kwargs) -> L.Trainer:
 
 def loader(batches: list[Batch]) -> DataLoader:
     return DataLoader(batches, batch_size=None)
+
+
+def multirun(sweep_dir: Path, overrides: list[str], cache: Path) -> subprocess.CompletedProcess:
+    """`kdlight-train -m <overrides>` into sweep_dir, as a user runs it; fails the test on a non-zero exit."""
+    command = [sys.executable, "-m", "kdlight.cli.train", "-m", *overrides, f"hydra.sweep.dir={sweep_dir}"]
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "KDLIGHT_CACHE": str(cache)},
+                          timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done

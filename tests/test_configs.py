@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +16,7 @@ from omegaconf import open_dict
 from kdlight.cli.train import CONFIG_DIR, train
 from kdlight.methods import Method
 from kdlight.models import ModelSpec
+from tests.helpers import multirun
 
 CONF = Path(CONFIG_DIR)
 
@@ -91,13 +91,9 @@ def test_every_method_runs_fast_dev_run(overrides, tmp_path):
 
 
 def test_cli_multirun_writes_one_folder_per_job_and_survives_a_failed_job(tmp_path):
-    env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path.parent / "cache")}
     # jobs with a negative learning rate fail (AdamW refuses it); the others must still run
-    command = [sys.executable, "-m", "kdlight.cli.train", "-m", "debug=fdr", "method=sft,rkd",
-               "optimizer.lr=-1,1e-3", f"hydra.sweep.dir={tmp_path}/sweep"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
     sweep = tmp_path / "sweep"
+    done = multirun(sweep, ["debug=fdr", "method=sft,rkd", "optimizer.lr=-1,1e-3"], tmp_path.parent / "cache")
     finished = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
     failed = sorted(p.parent.name for p in sweep.glob("*/error.txt"))
     assert len(finished) == 2 and all("optimizer.lr=0.001" in job for job in finished)
@@ -138,11 +134,7 @@ def test_run_logs_its_resolved_config_and_metrics_as_csv(tmp_path):
 
 
 def test_submitit_local_launcher_runs_a_two_job_multirun(tmp_path):
-    env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path.parent / "cache")}
-    command = [sys.executable, "-m", "kdlight.cli.train", "-m", "hydra/launcher=local", "debug=fdr",
-               "method=sft,fkd", f"hydra.sweep.dir={tmp_path}/sweep"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    multirun(tmp_path / "sweep", ["hydra/launcher=local", "debug=fdr", "method=sft,fkd"], tmp_path.parent / "cache")
     results = {p.parent.name: json.loads(p.read_text()) for p in (tmp_path / "sweep").glob("*/metrics.json")}
     assert {m["method"] for m in results.values()} == {"sft", "fkd"}
     assert all(m["steps"] == 2 for m in results.values())

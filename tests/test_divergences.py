@@ -14,7 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from kdlight.losses import (ForwardKL, GeneralizedJSD, JensenShannon, ReverseKL, SkewForwardKL, SkewReverseKL,
-                            TotalVariation, chunked_divergence, forward_kl, generalized_jsd, jensen_shannon,
+                            TotalVariation, forward_kl, generalized_jsd, jensen_shannon,
                             reverse_kl, skew_forward_kl, skew_reverse_kl, total_variation)
 from kdlight.losses.sparse import SparseTargets
 

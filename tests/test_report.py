@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import statistics
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from kdlight.cli.report import main as report
+from tests.helpers import multirun
 
 
 def sweep(tmp_path: Path, name: str, overrides: list[str]) -> Path:
-    env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path.parent / "cache")}
-    folder = tmp_path / name
-    command = [sys.executable, "-m", "kdlight.cli.train", "-m", "debug=fdr", *overrides, f"hydra.sweep.dir={folder}"]
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return folder
+    multirun(tmp_path / name, ["debug=fdr", *overrides], tmp_path.parent / "cache")
+    return tmp_path / name
 
 
 def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, capsys):
