@@ -1,0 +1,99 @@
+"""KID: knowledge distillation with imperfect data (Zhong et al., Findings of EMNLP 2024; METHODS.md §3).
+
+Simulates the cascade of inference errors of on-policy distillation without generating: a
+fraction α of the gold target's positions is masked, one no-grad student forward predicts them,
+and the prediction is written back, giving an imperfect target ŷ. Teacher and student are then
+teacher-forced on ŷ (reverse KL, the method's divergence) while the CE term stays on the clean
+gold (the loop computes it on the gold batch). Prompt tokens are never touched.
+
+Choices the paper leaves open are options: positions `random` (default), `uniform` (evenly
+spaced), `hard` / `easy` (highest / lowest student entropy on the clean target); a per-sequence
+count round(α·|y|) (default) or per-token Bernoulli(α) (random positions only); `argmax`
+(default) or `sample` rewrite, or `mask_only` (the ablation: keep the mask tokens). The mask token
+is the tokenizer's own; a tokenizer without one uses its BOS token, as the paper's example does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kdlight.data.batch import Batch
+from kdlight.methods.base import StepContext
+from kdlight.models.lm import target_logits
+
+STRATEGIES = ("random", "uniform", "hard", "easy")
+REWRITES = ("argmax", "sample", "mask_only")
+
+
+@dataclass
+class KidSequences:
+    """Imperfect rewrites of the gold target.
+
+    Attributes:
+        alpha: fraction of target positions to mask (the paper: 0.1-0.3 help, 0.5 hurts).
+        strategy: which positions: random, uniform, hard, easy.
+        count: `sequence` (round(α·|y|) positions per target) or `token` (Bernoulli(α) per position).
+        rewrite: argmax, sample, or mask_only.
+    """
+
+    alpha: float = 0.2
+    strategy: str = "random"
+    count: str = "sequence"
+    rewrite: str = "argmax"
+    needs_teacher: bool = False  # the divergence needs one; the rewrite itself uses the student
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ValueError(f"kid alpha must be in [0, 1], got {self.alpha}")
+        if self.strategy not in STRATEGIES or self.rewrite not in REWRITES or self.count not in ("sequence", "token"):
+            raise ValueError(f"kid: strategy in {STRATEGIES}, rewrite in {REWRITES}, count in (sequence, token); "
+                             f"got {self.strategy}, {self.rewrite}, {self.count}")
+        if self.count == "token" and self.strategy != "random":
+            raise ValueError("kid: count=token (Bernoulli per position) only goes with strategy=random")
+
+    def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
+        if self.alpha == 0.0:
+            return gold  # nothing masked: exactly the gold-sequence method (rkd)
+        chosen = self.choose_positions(gold, ctx)  # [B, T] bool
+        mask_id = ctx.tokenizer.mask_token_id if ctx.tokenizer.mask_token_id is not None else ctx.tokenizer.bos_token_id
+        masked = torch.where(chosen, torch.full_like(gold.target_ids, mask_id), gold.target_ids)
+        if self.rewrite == "mask_only":
+            return gold.with_targets(masked, gold.target_mask)
+        with torch.no_grad():  # one student forward over x ⊕ y_masked
+            logits = target_logits(ctx.student, gold.with_targets(masked, gold.target_mask), ctx.vocab_size)
+        predicted = self._predict(logits, ctx.generator)  # [B, T]
+        return gold.with_targets(torch.where(chosen, predicted, gold.target_ids), gold.target_mask)
+
+    def choose_positions(self, gold: Batch, ctx: StepContext) -> torch.Tensor:
+        """[B, T] bool: the target positions to mask, a subset of `gold.target_mask`."""
+        valid = gold.target_mask.bool()
+        if self.count == "token":
+            draw = torch.rand(valid.shape, generator=ctx.generator).to(valid.device)
+            return valid & (draw < self.alpha)
+        lengths = valid.sum(-1)
+        k = torch.round(self.alpha * lengths.float()).long()  # [B]
+        if self.strategy == "uniform":  # positions floor((j + 1/2) * |y| / k), j < k: evenly spaced
+            chosen = torch.zeros_like(valid)
+            for row, (n, m) in enumerate(zip(lengths.tolist(), k.tolist())):
+                chosen[row, [int((j + 0.5) * n / m) for j in range(m)]] = True
+            return chosen
+        scores = self._scores(gold, ctx).masked_fill(~valid, float("-inf"))  # higher = chosen first
+        rank = scores.argsort(-1, descending=True).argsort(-1)  # rank of each position in its row
+        return valid & (rank < k.unsqueeze(-1))
+
+    def _scores(self, gold: Batch, ctx: StepContext) -> torch.Tensor:
+        shape = gold.target_ids.shape
+        if self.strategy == "random":
+            return torch.rand(shape, generator=ctx.generator).to(gold.target_ids.device)
+        with torch.no_grad():
+            log_q = torch.log_softmax(target_logits(ctx.student, gold, ctx.vocab_size).float(), -1)
+        entropy = -(log_q.exp() * log_q.clamp_min(torch.finfo(torch.float32).min)).sum(-1)  # [B, T]
+        return entropy if self.strategy == "hard" else -entropy
+
+    def _predict(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        if self.rewrite == "argmax":
+            return logits.argmax(-1)
+        probs = torch.softmax(logits.float(), -1).flatten(0, 1).cpu()
+        return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:2]).to(logits.device)
