@@ -38,6 +38,15 @@ class Batch:
     def with_targets(self, target_ids: torch.Tensor, target_mask: torch.Tensor) -> Batch:
         return replace(self, target_ids=target_ids, target_mask=target_mask)
 
+    def take(self, rows: torch.Tensor) -> Batch:
+        """The examples at `rows` ([n] indices)."""
+        return Batch(*(t[rows] for t in (self.prompt_ids, self.prompt_mask, self.target_ids, self.target_mask,
+                                          self.index)))
+
+    def targets(self) -> list[list[int]]:
+        """Each example's target tokens without padding."""
+        return [row[mask.bool()].tolist() for row, mask in zip(self.target_ids, self.target_mask)]
+
     def slice(self, start: int, stop: int) -> Batch:
         return Batch(*(t[start:stop] for t in (self.prompt_ids, self.prompt_mask, self.target_ids,
                                                 self.target_mask, self.index)))

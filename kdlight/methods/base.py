@@ -9,7 +9,7 @@ YAML preset in `conf/method/`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -30,6 +30,8 @@ class StepContext:
         vocab_size: the vocabulary shared by teacher and student (padding rows excluded).
         generator: random numbers for the source, seeded per run.
         step: the optimisation step.
+        timings: seconds a source spent on its own work this step (e.g. `generation_s`); the
+            loop logs them as `train/<name>`, apart from the loss step.
     """
 
     student: PreTrainedModel
@@ -38,6 +40,7 @@ class StepContext:
     vocab_size: int
     generator: torch.Generator
     step: int
+    timings: dict[str, float] = field(default_factory=dict)
 
 
 class SequenceSource(Protocol):

@@ -105,6 +105,8 @@ class DistillationModule(L.LightningModule):
                 logged[name] = logged.get(name, 0.0) + float(total.detach()) / float(n_gold if name == "ce" else n_seq)
         self._optimizer_step()
         self._log_step(logged, batch.size)
+        for name, seconds in ctx.timings.items():  # e.g. on-policy generation, apart from the loss step
+            self.log(f"train/{name}", seconds, batch_size=batch.size)
 
     def _loss_terms(self, gold: Batch, seq: Batch, same: bool) -> dict[str, tuple[torch.Tensor, float]]:
         """Per-term sums over target tokens, with their weights."""

@@ -1,0 +1,69 @@
+"""Student samples as targets: the on-policy sequence source of GKD and ImitKD.
+
+- GKD (Agarwal et al., ICLR 2024): with probability λ a *batch's* targets are replaced by the
+  student's own samples (`per: batch`); loss generalised JSD(β).
+- ImitKD (Lin et al., EMNLP 2020, as compared in KID): per *request*, gold or a student sample with
+  probability ½ each (`per: example`, λ = 0.5); loss forward KL.
+
+Samples are drawn with batched `generate` (KV cache, stops at EOS) in eval mode and without
+gradient; the time it takes is reported as `train/generation_s`, apart from the loss step,
+because generation dominates the cost of these methods. Prompts are never changed.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from kdlight.data.batch import Batch, pad_targets
+from kdlight.methods.base import StepContext
+from kdlight.models.lm import generate
+
+
+@dataclass
+class StudentSamples:
+    """Replace gold targets with the student's samples.
+
+    Attributes:
+        lam: probability of replacing (the batch's targets, or each example's).
+        per: `batch` (GKD) or `example` (ImitKD).
+        temperature: sampling temperature.
+        top_p: nucleus sampling threshold (1: the full distribution).
+        max_new_tokens: longest sample.
+    """
+
+    lam: float = 0.5
+    per: str = "batch"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    needs_teacher: bool = False
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.lam <= 1.0 or self.per not in ("batch", "example"):
+            raise ValueError(f"student samples: lam in [0, 1] and per in (batch, example); got {self.lam}, {self.per}")
+
+    def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
+        draws = torch.rand(1 if self.per == "batch" else gold.size, generator=ctx.generator) < self.lam
+        use = draws.expand(gold.size) if self.per == "batch" else draws
+        if not use.any():
+            return gold
+        rows = use.nonzero().flatten()
+        samples = self.sample(gold.take(rows.to(gold.prompt_ids.device)), ctx)
+        targets = gold.targets()
+        for row, sample in zip(rows.tolist(), samples):
+            targets[row] = sample
+        ids, mask = pad_targets(targets, ctx.tokenizer.pad_token_id)
+        return gold.with_targets(ids.to(gold.target_ids.device), mask.to(gold.target_mask.device))
+
+    def sample(self, prompts: Batch, ctx: StepContext) -> list[list[int]]:
+        student, was_training = ctx.student, ctx.student.training
+        student.eval()  # no dropout while sampling; the loop switches back to train mode
+        started = time.perf_counter()
+        samples = generate(student, prompts, self.max_new_tokens, ctx.tokenizer.eos_token_id, ctx.vocab_size,
+                           do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        ctx.timings["generation_s"] = ctx.timings.get("generation_s", 0.0) + time.perf_counter() - started
+        student.train(was_training)
+        return samples
