@@ -50,12 +50,27 @@ def test_every_config_composes(group, option, tmp_path):
         assert isinstance(spec, ModelSpec) and spec.name == option
     elif group == "data":
         assert type(instantiate(cfg.data, _convert_="object")).__name__ == "Text2SQLDataModule"
-    elif group == "trainer" and option == "cpu":
-        assert instantiate(cfg.trainer, logger=False).max_steps == cfg.trainer.max_steps
+    elif group == "trainer":
+        if option == "cpu":
+            assert instantiate(cfg.trainer, logger=False).max_steps == cfg.trainer.max_steps
+        else:
+            assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
+        if option in ("ddp", "fsdp"):
+            strategy = instantiate(cfg.trainer.strategy)
+            assert type(strategy).__name__ == {"ddp": "DDPStrategy", "fsdp": "FSDPStrategy"}[option]
     elif group == "hydra/launcher":
         assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher")
-    elif group == "logger" and option == "csv":
-        assert instantiate(cfg.logger).save_dir == cfg.paths.output_dir
+    elif group == "logger":
+        if option == "csv":
+            assert instantiate(cfg.logger).save_dir == cfg.paths.output_dir
+        else:
+            assert set(cfg.logger.tags) >= {"sft", "sqlgen", "student=llama-xs", "seed=0"}
+    elif group == "experiment":
+        assert (cfg.teacher.name, cfg.student.name, cfg.trainer.max_steps) == ("llama-m", "llama-xs", 400)
+    elif group == "debug":
+        took_effect = {"fdr": cfg.trainer.get("fast_dev_run") == 2, "limit": cfg.trainer.max_steps == 30,
+                       "overfit": cfg.data.limit_train == 32, "profiler": cfg.trainer.get("profiler") == "simple"}
+        assert took_effect[option]
 
 
 def test_slurm_resources_follow_the_trainer(tmp_path):

@@ -98,3 +98,13 @@ def test_bad_options_are_refused():
         KidSequences(count="token", strategy="hard")
     with pytest.raises(ValueError, match="strategy in"):
         KidSequences(strategy="middle")
+
+
+def test_prediction_runs_without_dropout_and_restores_train_mode(tokenizer):
+    student = tiny_model(tokenizer, seed=3, attention_dropout=0.9).train()  # dropout would scramble predictions
+    batch = gold(tokenizer)
+    source = KidSequences(alpha=0.5, strategy="hard")
+    runs = [source.sequences(batch, StepContext(student, None, tokenizer, len(tokenizer),
+                                                torch.Generator().manual_seed(0), 0)) for _ in range(2)]
+    assert torch.equal(runs[0].target_ids, runs[1].target_ids)
+    assert student.training

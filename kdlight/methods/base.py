@@ -9,6 +9,8 @@ YAML preset in `conf/method/`.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -41,6 +43,19 @@ class StepContext:
     generator: torch.Generator
     step: int
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def evaluating(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
+    """The model in eval mode (no dropout) and without gradient, its previous mode restored after:
+    how sources use the student to predict or sample their sequences."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 class SequenceSource(Protocol):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from kdlight.data.batch import Batch
-from kdlight.methods.base import StepContext
+from kdlight.methods.base import StepContext, evaluating
 from kdlight.models.lm import target_logits
 
 STRATEGIES = ("random", "uniform", "hard", "easy")
@@ -61,8 +61,8 @@ class KidSequences:
         masked = torch.where(chosen, torch.full_like(gold.target_ids, mask_id), gold.target_ids)
         if self.rewrite == "mask_only":
             return gold.with_targets(masked, gold.target_mask)
-        with torch.no_grad():  # one student forward over x ⊕ y_masked
-            logits = target_logits(ctx.student, gold.with_targets(masked, gold.target_mask), ctx.vocab_size)
+        with evaluating(ctx.student) as student:  # one student forward over x ⊕ y_masked
+            logits = target_logits(student, gold.with_targets(masked, gold.target_mask), ctx.vocab_size)
         predicted = self._predict(logits, ctx.generator)  # [B, T]
         return gold.with_targets(torch.where(chosen, predicted, gold.target_ids), gold.target_mask)
 
@@ -87,8 +87,8 @@ class KidSequences:
         shape = gold.target_ids.shape
         if self.strategy == "random":
             return torch.rand(shape, generator=ctx.generator).to(gold.target_ids.device)
-        with torch.no_grad():
-            log_q = torch.log_softmax(target_logits(ctx.student, gold, ctx.vocab_size).float(), -1)
+        with evaluating(ctx.student) as student:
+            log_q = torch.log_softmax(target_logits(student, gold, ctx.vocab_size).float(), -1)
         entropy = -(log_q.exp() * log_q.clamp_min(torch.finfo(torch.float32).min)).sum(-1)  # [B, T]
         return entropy if self.strategy == "hard" else -entropy
 

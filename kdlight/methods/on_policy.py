@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 
 from kdlight.data.batch import Batch, pad_targets
-from kdlight.methods.base import StepContext
+from kdlight.methods.base import StepContext, evaluating
 from kdlight.models.lm import generate
 
 
@@ -59,11 +59,9 @@ class StudentSamples:
         return gold.with_targets(ids.to(gold.target_ids.device), mask.to(gold.target_mask.device))
 
     def sample(self, prompts: Batch, ctx: StepContext) -> list[list[int]]:
-        student, was_training = ctx.student, ctx.student.training
-        student.eval()  # no dropout while sampling; the loop switches back to train mode
         started = time.perf_counter()
-        samples = generate(student, prompts, self.max_new_tokens, ctx.tokenizer.eos_token_id, ctx.vocab_size,
-                           do_sample=True, temperature=self.temperature, top_p=self.top_p)
+        with evaluating(ctx.student) as student:  # no dropout while sampling
+            samples = generate(student, prompts, self.max_new_tokens, ctx.tokenizer.eos_token_id, ctx.vocab_size,
+                               do_sample=True, temperature=self.temperature, top_p=self.top_p)
         ctx.timings["generation_s"] = ctx.timings.get("generation_s", 0.0) + time.perf_counter() - started
-        student.train(was_training)
         return samples

@@ -92,17 +92,17 @@ class DistillationModule(L.LightningModule):
         same = sequences is batch
         n_gold = self._global_count(batch.target_mask)
         n_seq = n_gold if same else self._global_count(sequences.target_mask)
+        count = lambda term: n_gold if term == "ce" else n_seq  # CE is on gold, KD on `sequences`  # noqa: E731
         micro = self.options.micro_batch_size or batch.size
         logged: dict[str, float] = {}
         for start in range(0, batch.size, micro):
             terms = self._loss_terms(batch.slice(start, start + micro), sequences.slice(start, start + micro), same)
-            # sums / global counts; x world size because DDP averages gradients over ranks.
-            scaled = {name: weight * total / (n_gold if name == "ce" else n_seq)
-                      for name, (total, weight) in terms.items()}
-            loss = sum(scaled.values()) * self.trainer.world_size
+            shares = {name: total / count(name) for name, (total, _) in terms.items()}  # sum / global count
+            # x world size because DDP averages gradients over ranks.
+            loss = sum(terms[name][1] * share for name, share in shares.items()) * self.trainer.world_size
             self.manual_backward(loss)
-            for name, (total, _) in terms.items():
-                logged[name] = logged.get(name, 0.0) + float(total.detach()) / float(n_gold if name == "ce" else n_seq)
+            for name, share in shares.items():
+                logged[name] = logged.get(name, 0.0) + float(share.detach())
         self._optimizer_step()
         self._log_step(logged, batch.size)
         for name, seconds in ctx.timings.items():  # e.g. on-policy generation, apart from the loss step
