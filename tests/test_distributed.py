@@ -99,3 +99,35 @@ def test_epoch_sampler_shards_global_batches_and_resumes():
     assert full != list(EpochBatchSampler(21, 4, seed=3, epoch=lambda: 2))  # a new order each epoch
     single.skip = 4
     assert list(single) == full[4:] and list(single) == full  # the skip applies once, after a resume
+
+
+@pytest.mark.parametrize("placement", ["replicate", "shard"])
+def test_ddp_ranks_share_the_teacher_output_generation(sqlgen_root, tokenizer, tmp_path, file_system_sharing,
+                                                       placement):
+    """Each rank decodes its share of the prompts (equal shares with a sharded teacher, whose
+    forward is collective); rank 0 caches the union, which equals what one process decodes."""
+    import json
+
+    from kdlight.data.spider import PromptParts, SpiderSource
+    from kdlight.data.text2sql import Text2SQLDataModule
+    from kdlight.methods.teacher_outputs import Prompts, TeacherOutputs
+
+    n = 11  # odd, so the shares differ by one prompt
+    dm = Text2SQLDataModule(SpiderSource(str(sqlgen_root)), PromptParts(sample_values=False), batch_size=2,
+                            max_prompt_tokens=64, limit_train=n, limit_eval=2)
+    dm.connect(tokenizer)
+    dm.setup()
+    teacher = tiny_model(tokenizer, seed=1)
+    source = TeacherOutputs(str(tmp_path / "ddp"), max_new_tokens=6, batch_size=3)
+    method = Method("seqkd", source, None, ce_weight=1.0, kd_weight=0.0, ce_on="sequences")
+    module = DistillationModule(tiny_model(tokenizer, seed=0), method, tokenizer, len(tokenizer),
+                                partial(torch.optim.SGD, lr=0.1),
+                                LoopOptions(warmup_steps=1, teacher_placement=placement),
+                                teacher)
+    L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False, enable_progress_bar=False,
+              enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
+              default_root_dir=tmp_path).fit(module, datamodule=dm)
+    cached = json.loads(next((tmp_path / "ddp" / "teacher_outputs").glob("*.json")).read_text())["outputs"]
+    alone = TeacherOutputs(str(tmp_path / "one"), max_new_tokens=6, batch_size=3)
+    alone.prepare(Prompts(dm.train_prompts(), tiny_model(tokenizer, seed=1), tokenizer, len(tokenizer)))
+    assert {int(i): v for i, v in cached.items()} == alone.outputs and len(alone.outputs) == n

@@ -118,6 +118,10 @@ class Text2SQLDataModule(L.LightningDataModule):
         return [((bos + p)[-self.max_prompt_tokens:], t[: self.max_target_tokens - 1] + [tok.eos_token_id])
                 for p, t in zip(prompts, targets)]
 
+    def train_prompts(self) -> list[tuple[int, list[int]]]:
+        """(index, prompt ids) of every training example: what teacher-output sources decode."""
+        return [(i, p) for i, (p, _) in enumerate(self._encoded["train"])]
+
     def _examples(self, name: str) -> list[tuple[list[int], list[int], int]]:
         return [(p, t, i) for i, (p, t) in enumerate(self._encoded[name])]
 

@@ -59,7 +59,12 @@ def evaluating(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
 
 
 class SequenceSource(Protocol):
-    """Decides the target sequences of a step (gold, teacher outputs, student samples, rewrites)."""
+    """Decides the target sequences of a step (gold, teacher outputs, student samples, rewrites).
+
+    A source that needs work before the first step (decoding the teacher's outputs for every
+    training prompt) also defines `prepare(prompts: teacher_outputs.Prompts)`; the loop calls it
+    at fit start, on every rank.
+    """
 
     needs_teacher: bool
 
@@ -76,8 +81,10 @@ class Method:
         name: the method's name in logs and tables.
         source: which target sequences the divergence is computed on.
         divergence: divergence between teacher and student on those sequences; None for SFT.
-        ce_weight: weight of the auxiliary cross-entropy on the gold target (0 = none).
+        ce_weight: weight of the auxiliary cross-entropy (0 = none).
         kd_weight: weight of the divergence term.
+        ce_on: `gold` (the dataset's targets, as KID adds to its baselines) or `sequences` (the
+            source's, e.g. SeqKD's CE on the teacher's outputs).
     """
 
     name: str
@@ -85,10 +92,13 @@ class Method:
     divergence: Divergence | None = None
     ce_weight: float = 1.0
     kd_weight: float = 1.0
+    ce_on: str = "gold"
 
     def __post_init__(self) -> None:
         if self.divergence is None and self.ce_weight == 0:
             raise ValueError(f"method '{self.name}': no divergence and ce_weight=0 leaves nothing to train on")
+        if self.ce_on not in ("gold", "sequences"):
+            raise ValueError(f"method '{self.name}': ce_on must be 'gold' or 'sequences', got '{self.ce_on}'")
 
     @property
     def needs_teacher(self) -> bool:

@@ -4,6 +4,8 @@
   student's own samples (`per: batch`); loss generalised JSD(β).
 - ImitKD (Lin et al., EMNLP 2020, as compared in KID): per *request*, gold or a student sample with
   probability ½ each (`per: example`, λ = 0.5); loss forward KL.
+- f-distill (Wen et al., ACL 2023, as compared in KID): per request, the teacher's (cached) output
+  or a student sample with probability ½ each (`otherwise: TeacherOutputs`); loss TVD.
 
 Samples are drawn with batched `generate` (KV cache, stops at EOS) in eval mode and without
 gradient; the time it takes is reported as `train/generation_s`, apart from the loss step,
@@ -18,7 +20,8 @@ from dataclasses import dataclass
 import torch
 
 from kdlight.data.batch import Batch, pad_targets
-from kdlight.methods.base import StepContext, evaluating
+from kdlight.methods.base import SequenceSource, StepContext, evaluating
+from kdlight.methods.teacher_outputs import Prompts
 from kdlight.models.lm import generate
 
 
@@ -32,6 +35,8 @@ class StudentSamples:
         temperature: sampling temperature.
         top_p: nucleus sampling threshold (1: the full distribution).
         max_new_tokens: longest sample.
+        otherwise: the source of the targets that are not replaced (None: gold), e.g. the
+            teacher's outputs for f-distill.
     """
 
     lam: float = 0.5
@@ -39,24 +44,32 @@ class StudentSamples:
     temperature: float = 1.0
     top_p: float = 1.0
     max_new_tokens: int = 128
+    otherwise: SequenceSource | None = None
     needs_teacher: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0 or self.per not in ("batch", "example"):
             raise ValueError(f"student samples: lam in [0, 1] and per in (batch, example); got {self.lam}, {self.per}")
+        self.needs_teacher = self.needs_teacher or bool(self.otherwise and self.otherwise.needs_teacher)
+
+    def prepare(self, prompts: Prompts) -> None:
+        """Precompute what the `otherwise` source needs (e.g. f-distill's cached teacher outputs)."""
+        if hasattr(self.otherwise, "prepare"):
+            self.otherwise.prepare(prompts)
 
     def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
         draws = torch.rand(1 if self.per == "batch" else gold.size, generator=ctx.generator) < self.lam
         use = draws.expand(gold.size) if self.per == "batch" else draws
+        base = gold if self.otherwise is None else self.otherwise.sequences(gold, ctx)
         if not use.any():
-            return gold
+            return base
         rows = use.nonzero().flatten()
         samples = self.sample(gold.take(rows.to(gold.prompt_ids.device)), ctx)
-        targets = gold.targets()
+        targets = base.targets()
         for row, sample in zip(rows.tolist(), samples):
             targets[row] = sample
         ids, mask = pad_targets(targets, ctx.tokenizer.pad_token_id)
-        return gold.with_targets(ids.to(gold.target_ids.device), mask.to(gold.target_mask.device))
+        return base.with_targets(ids.to(gold.target_ids.device), mask.to(gold.target_mask.device))
 
     def sample(self, prompts: Batch, ctx: StepContext) -> list[list[int]]:
         started = time.perf_counter()

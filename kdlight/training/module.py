@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from kdlight.data.batch import Batch
 from kdlight.losses import forward_kl, masked_token_sum, select_positions, token_cross_entropy
 from kdlight.methods.base import Method, StepContext
+from kdlight.methods.teacher_outputs import Prompts
 from kdlight.models.lm import generate, target_logits
 from kdlight.training.teacher import FrozenTeacher
 
@@ -76,6 +77,19 @@ class DistillationModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._place_teacher()
         self.student.train()  # HF from_pretrained returns eval-mode models
+        if hasattr(self.method.source, "prepare"):
+            self.method.source.prepare(self._training_prompts())
+
+    def _training_prompts(self) -> Prompts:
+        """Every training prompt, for sources that precompute targets (teacher outputs)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if datamodule is None or not hasattr(datamodule, "train_prompts"):
+            raise RuntimeError(f"method '{self.method.name}' precomputes targets for every training prompt: "
+                               "fit with a datamodule that has train_prompts() (e.g. Text2SQLDataModule)")
+        if self.teacher is None:
+            raise RuntimeError(f"method '{self.method.name}' precomputes the teacher's outputs but has no teacher")
+        return Prompts(datamodule.train_prompts(), self.teacher.model, self.tokenizer, self.vocab_size,
+                       self.global_rank, self.trainer.world_size, _gather_objects, sharded=self.teacher.sharded)
 
     def on_validation_start(self) -> None:
         self._place_teacher()
@@ -92,7 +106,8 @@ class DistillationModule(L.LightningModule):
         same = sequences is batch
         n_gold = self._global_count(batch.target_mask)
         n_seq = n_gold if same else self._global_count(sequences.target_mask)
-        count = lambda term: n_gold if term == "ce" else n_seq  # CE is on gold, KD on `sequences`  # noqa: E731
+        ce_count = n_seq if self.method.ce_on == "sequences" else n_gold
+        count = lambda term: ce_count if term == "ce" else n_seq  # KD is always on `sequences`  # noqa: E731
         micro = self.options.micro_batch_size or batch.size
         logged: dict[str, float] = {}
         for start in range(0, batch.size, micro):
@@ -111,17 +126,19 @@ class DistillationModule(L.LightningModule):
     def _loss_terms(self, gold: Batch, seq: Batch, same: bool) -> dict[str, tuple[torch.Tensor, float]]:
         """Per-term sums over target tokens, with their weights."""
         method, terms = self.method, {}
-        gold_logits = None
-        if method.ce_weight > 0 or same:
-            gold_logits = target_logits(self.student, gold, self.vocab_size)  # [b, T, V]
+        ce_batch = seq if method.ce_on == "sequences" else gold
+        ce_on_seq = same or ce_batch is seq  # then one student forward serves both terms
+        seq_logits = None
+        if method.divergence is not None or (method.ce_weight > 0 and ce_on_seq):
+            seq_logits = target_logits(self.student, seq, self.vocab_size)  # [b, T, V]
         if method.ce_weight > 0:
-            mask = gold.target_mask.bool()
-            ce = token_cross_entropy(select_positions(gold_logits, mask), gold.target_ids[mask])
+            logits = seq_logits if ce_on_seq else target_logits(self.student, gold, self.vocab_size)
+            mask = ce_batch.target_mask.bool()
+            ce = token_cross_entropy(select_positions(logits, mask), ce_batch.target_ids[mask])
             terms["ce"] = (masked_token_sum(ce), method.ce_weight)
         if method.divergence is not None:
-            student = gold_logits if same else target_logits(self.student, seq, self.vocab_size)
             teacher = self.teacher.target_logits(seq, self.vocab_size)
-            per_token = method.divergence(select_positions(student, seq.target_mask),
+            per_token = method.divergence(select_positions(seq_logits, seq.target_mask),
                                           select_positions(teacher, seq.target_mask))  # [N]
             terms[f"kd_{method.divergence.name}"] = (masked_token_sum(per_token), method.kd_weight)
         return terms
@@ -184,3 +201,13 @@ class DistillationModule(L.LightningModule):
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+
+
+def _gather_objects(obj: object) -> list[object]:
+    """Every rank's `obj`, in rank order (just `[obj]` without a process group)."""
+    dist = torch.distributed
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    gathered: list[object] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
