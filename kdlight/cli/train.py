@@ -52,6 +52,7 @@ def train(cfg: DictConfig) -> dict:
     tokenizer = resolve_tokenizer(instantiate(cfg.tokenizer), [s for s in (trained, teacher_spec) if s],
                                   datamodule.training_texts(), output_dir / "tokenizer")
     datamodule.connect(tokenizer)
+    benchmarks = _benchmarks(cfg)
     student = build_model(trained, tokenizer)
     teacher = build_model(teacher_spec, tokenizer) if teacher_spec else None
     vocab_size = shared_vocab_size(tokenizer, _vocab_entries(cfg.stage, trained, student, teacher_spec, teacher))
@@ -69,7 +70,7 @@ def train(cfg: DictConfig) -> dict:
              + (f", teacher {teacher_spec.name} ({identity['teacher_params']:,})" if teacher_spec else ""))
     failed = True
     try:
-        metrics = fit_and_evaluate(module, trainer, datamodule, output_dir, identity)
+        metrics = fit_and_evaluate(module, trainer, datamodule, output_dir, identity, benchmarks)
         if cfg.stage == "teacher" and trainer.is_global_zero:
             store = publish_teacher(output_dir / "model", stored_teacher(cfg.paths.teachers_dir, cfg.data_name, trained.name))
             log.info(f"teacher published to {store} (use teacher_from_store=true in student runs)")
@@ -77,6 +78,16 @@ def train(cfg: DictConfig) -> dict:
         return metrics
     finally:
         _finish_wandb(failed)
+
+
+def _benchmarks(cfg: DictConfig) -> dict:
+    """Extra evaluation-only benchmarks, read now so a missing copy fails before training, not after."""
+    benchmarks = {}
+    for name, spec in (cfg.benchmarks or {}).items():
+        benchmarks[name] = instantiate(spec, _convert_="object")
+        benchmarks[name].prepare_data()
+        benchmarks[name].load()
+    return benchmarks
 
 
 def _plugins(cfg: DictConfig) -> list:

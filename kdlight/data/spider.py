@@ -2,7 +2,9 @@
 
 Format (BENCHMARKS.md §1): `<split>.json` with `db_id`, a question field and `query`;
 `tables.json` with Spider schemas; databases at `<db_root>/<db_id>/<db_id>.sqlite`. A dataset may
-have several database roots, searched in order (Spider-DK's own databases before Spider's).
+have several database roots, searched in order (Spider-DK's own databases before Spider's), and
+several schema files. The field names are configurable, which makes Spider-Syn
+(`SpiderSynQuestion`) and BIRD (`SQL`, `difficulty`, `evidence`) the same loader.
 
 The prompt follows CodeS as used by KID: schema per table (columns with type, key and sample
 values), foreign keys, database values matched in the question, then the question. Every part can
@@ -89,20 +91,27 @@ class SpiderSource:
     """Where a Spider-format dataset lives.
 
     Attributes:
-        root: dataset folder; relative file names below are resolved against it.
-        train_file: training split (e.g. `train.json`).
+        root: dataset folder; relative paths below are resolved against it (absolute ones, e.g.
+            Spider's databases for Spider-DK, are used as they are).
+        train_file: training split (e.g. `train.json`); None for an evaluation-only benchmark.
         eval_file: evaluation split (e.g. `dev.json`).
-        tables_file: Spider schemas.
+        tables_file: Spider schemas; a list is merged, the first file naming a db_id wins.
         db_roots: database folders searched in order for `<db_id>/<db_id>.sqlite`.
         question_field: the example key holding the question (`SpiderSynQuestion` for Spider-Syn).
+        query_field: the key holding the gold SQL (`SQL` in BIRD).
+        hardness_field: the key holding the difficulty EX is broken down by (`difficulty` in BIRD).
+        evidence_field: BIRD's external knowledge; when set, it is put before the question.
     """
 
     root: str
-    train_file: str = "train.json"
+    train_file: str | None = "train.json"
     eval_file: str = "dev.json"
-    tables_file: str = "tables.json"
+    tables_file: str | tuple[str, ...] = "tables.json"
     db_roots: tuple[str, ...] = ("database",)
     question_field: str = "question"
+    query_field: str = "query"
+    hardness_field: str = "hardness"
+    evidence_field: str | None = None
 
     def resolve(self) -> SpiderSource:
         if not Path(self.root).is_dir():
@@ -117,7 +126,10 @@ class SpiderSource:
 def load_examples(source: SpiderSource, file: str, parts: PromptParts) -> tuple[list[SqlExample], LoadReport]:
     """Read one split, attach databases and prompts, and report what could not be used."""
     source = source.resolve()
-    schemas = load_schemas(source.path(source.tables_file))
+    tables = (source.tables_file,) if isinstance(source.tables_file, str) else tuple(source.tables_file)
+    schemas: dict[str, dict] = {}
+    for tables_file in reversed(tables):  # the first file wins
+        schemas |= load_schemas(source.path(tables_file))
     path = source.path(file)
     try:
         raw = json.loads(path.read_text())
@@ -126,8 +138,8 @@ def load_examples(source: SpiderSource, file: str, parts: PromptParts) -> tuple[
     report = LoadReport(str(path))
     examples = []
     for i, item in enumerate(raw):
-        for key in ("db_id", source.question_field, "query"):
-            if key not in item:
+        for key in ("db_id", source.question_field, source.query_field, source.evidence_field):
+            if key is not None and key not in item:
                 raise KeyError(f"{path}: example {i} has no '{key}' (keys: {sorted(item)})")
         db_id = item["db_id"]
         if db_id not in schemas:
@@ -136,8 +148,11 @@ def load_examples(source: SpiderSource, file: str, parts: PromptParts) -> tuple[
         db_path = find_database(source, db_id)
         if db_path is None:
             report.missing_database[db_id] += 1
-        example = SqlExample(db_id, item[source.question_field], item["query"], db_path,
-                             suite=test_suite(db_path), hardness=item.get("hardness"))
+        question = item[source.question_field]
+        if source.evidence_field and item[source.evidence_field]:
+            question = f"{item[source.evidence_field]}\n{question}"  # BIRD with evidence: knowledge first
+        example = SqlExample(db_id, question, item[source.query_field], db_path,
+                             suite=test_suite(db_path), hardness=item.get(source.hardness_field))
         example.prompt = build_prompt(schemas[db_id], example.question, db_path, parts)
         examples.append(example)
     report.n_examples = len(examples)

@@ -51,13 +51,15 @@ class Text2SQLDataModule(L.LightningDataModule):
         limits: per-query time limit and row cap for executing predictions.
         eval_workers: processes that execute SQL in parallel.
         seed: order of the training data, shared by every method so comparisons are fair.
+        report_metrics: the scores a comparison table may show for this data (BIRD: no TS, as
+            in the KID paper: one database per question).
     """
 
     def __init__(self, source: SpiderSource | GeneratedSource, prompt: PromptParts, batch_size: int = 32,
                  eval_batch_size: int = 64, max_prompt_tokens: int = 512, max_target_tokens: int = 128,
                  limit_train: int | None = None, limit_eval: int | None = None, num_workers: int = 0,
                  comparator: str = "test_suite", limits: ExecutionLimits = ExecutionLimits(),
-                 eval_workers: int = 2, seed: int = 0):
+                 eval_workers: int = 2, seed: int = 0, report_metrics: tuple[str, ...] = ("ex", "ts", "em")):
         super().__init__()
         self.source, self.prompt = source, prompt
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size
@@ -65,6 +67,7 @@ class Text2SQLDataModule(L.LightningDataModule):
         self.limit_train, self.limit_eval = limit_train, limit_eval
         self.num_workers, self.seed = num_workers, seed
         self.comparator, self.limits, self.eval_workers = comparator, limits, eval_workers
+        self.report_metrics = tuple(report_metrics)
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_examples: list[SqlExample] = []
         self.eval_examples: list[SqlExample] = []
@@ -76,14 +79,16 @@ class Text2SQLDataModule(L.LightningDataModule):
 
     def load(self) -> None:
         """Read both splits (idempotent); needed before a tokenizer can be trained."""
-        if self.train_examples:
+        if self.eval_examples or self.train_examples:
             return
         source = self.source.resolve()
-        self.train_examples, train_report = load_examples(source, source.train_file, self.prompt)
         self.eval_examples, eval_report = load_examples(source, source.eval_file, self.prompt)
-        self.train_examples = self.train_examples[: self.limit_train]
         self.eval_examples = self.eval_examples[: self.limit_eval]
-        self.reports = [train_report, eval_report]
+        self.reports = [eval_report]
+        if source.train_file is not None:  # None: an evaluation-only benchmark
+            self.train_examples, train_report = load_examples(source, source.train_file, self.prompt)
+            self.train_examples = self.train_examples[: self.limit_train]
+            self.reports.insert(0, train_report)
         for report in self.reports:
             log.info(report.summary())
 
@@ -107,6 +112,8 @@ class Text2SQLDataModule(L.LightningDataModule):
 
     def _encode(self, name: str, examples: list[SqlExample]) -> list[tuple[list[int], list[int]]]:
         tok = self.tokenizer
+        if not examples:
+            return []
         prompts = tok([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
         targets = tok([e.query for e in examples], add_special_tokens=False)["input_ids"]
         cut_p = sum(len(p) + 1 > self.max_prompt_tokens for p in prompts)

@@ -2,7 +2,8 @@
 
 A job is any folder with `.hydra/config.yaml`. It is finished if it has `metrics.json`, failed if
 it has `error.txt` (written by `kdlight-train` in a multirun), and otherwise missing (still running,
-killed, or never started). Rows are (method, student, teacher); columns are benchmark x metric;
+killed, or never started). Rows are (method, student, teacher); columns are benchmark x metric,
+where a run's benchmarks are its own evaluation split and the extra benchmarks it was scored on;
 seeds are aggregated as mean and sample standard deviation.
 """
 
@@ -13,7 +14,6 @@ import statistics
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-
 
 
 @dataclass
@@ -57,30 +57,61 @@ def _cell(values: list[float]) -> Cell | None:
     return Cell(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
 
 
+def run_values(run: dict, metrics: list[str]) -> dict[str, float]:
+    """A run's table cells keyed `<benchmark> <METRIC>`.
+
+    `eval/<m>` metrics exist per benchmark: the run's own evaluation split (prefix `eval`) and each
+    extra benchmark (prefix = its name), as listed in metrics.json's `benchmarks`, and only where
+    the benchmark reports `<m>` (BIRD: no TS). Other keys (`val/ce`, `val/kl_from_teacher`) belong
+    to the run's own data.
+    """
+    index = run.get("benchmarks") or [{"name": run["data"], "prefix": "eval", "metrics": None}]
+    values = {}
+    for spec in index:
+        benchmark = spec["name"]
+        for metric in metrics:
+            short = metric.split("/", 1)[-1]
+            if metric.startswith("eval/"):
+                key = f"{spec['prefix']}/{short}"
+                if spec["metrics"] is not None and short not in spec["metrics"]:
+                    continue
+            elif benchmark == run["data"]:
+                key = metric
+            else:
+                continue
+            if key in run:
+                values[f"{benchmark} {short.upper()}"] = run[key]
+    return values
+
+
 def aggregate(runs: list[dict], metrics: list[str], baseline: str) -> tuple[list[str], list[dict]]:
-    """Rows of cells keyed `<data> <metric>`, plus `average`, `delta`, `relative_step`, `seeds`."""
-    benchmarks = sorted({r["data"] for r in runs})
-    columns = [f"{b} {m.split('/')[-1].upper()}" for b in benchmarks for m in metrics]
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for run in runs:
-        groups[(run["method"], run["model"], run.get("teacher") or "-")].append(run)
+    """Rows of cells keyed `<benchmark> <metric>`, plus `average`, `delta`, `relative_step`, `seeds`.
+
+    Columns follow the benchmarks in the order runs list them (the training data's split first),
+    then the order of `metrics`: the layout of the KID paper's Tables 3-4 for a Spider sweep.
+    """
+    values = [run_values(r, metrics) for r in runs]
+    columns = list(dict.fromkeys(c for v in values for c in v))
+    groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    for run, cells in zip(runs, values):
+        groups[(run["method"], run["model"], run.get("teacher") or "-")].append((run, cells))
     base_step = {}  # (data, student) -> mean SFT step time
     for (method, model, _), members in groups.items():
         if method == baseline:
-            for b in benchmarks:
-                times = [r["step_time_s"] for r in members if r["data"] == b and r.get("step_time_s")]
+            for data in {r["data"] for r, _ in members}:
+                times = [r["step_time_s"] for r, _ in members if r["data"] == data and r.get("step_time_s")]
                 if times:
-                    base_step[(b, model)] = statistics.fmean(times)
+                    base_step[(data, model)] = statistics.fmean(times)
     rows = []
     for (method, model, teacher), members in sorted(groups.items()):
+        datasets = {r["data"] for r, _ in members}
         row = {"method": method, "student": model, "teacher": teacher,
-               "seeds": len({(r["data"], r["seed"]) for r in members}) // max(1, len({r["data"] for r in members}))}
-        for b in benchmarks:
-            for m in metrics:
-                row[f"{b} {m.split('/')[-1].upper()}"] = _cell([r[m] for r in members if r["data"] == b and m in r])
+               "seeds": len({(r["data"], r["seed"]) for r, _ in members}) // max(1, len(datasets))}
+        for column in columns:
+            row[column] = _cell([cells[column] for _, cells in members if column in cells])
         means = [row[c].mean for c in columns if row[c] is not None]
         row["average"] = statistics.fmean(means) if len(means) == len(columns) else None
-        ratios = [r["step_time_s"] / base_step[(r["data"], model)] for r in members
+        ratios = [r["step_time_s"] / base_step[(r["data"], model)] for r, _ in members
                   if r.get("step_time_s") and (r["data"], model) in base_step]
         row["relative_step"] = statistics.fmean(ratios) if ratios else None
         rows.append(row)

@@ -3,8 +3,10 @@
 Outputs of one run (in Hydra's run folder):
   model/             the trained model and its tokenizer (HF format: a later run's `path`)
   checkpoints/       Lightning checkpoints (student only), `last.ckpt` for resuming
-  metrics.json       every final metric, the step time and the run's identity
-  predictions.jsonl  one scored prediction per evaluation example
+  metrics.json       every final metric, the step time and the run's identity; `benchmarks` lists
+                     each benchmark's name, metrics prefix and table metrics, in order
+  predictions.jsonl  one scored prediction per evaluation example (predictions_<name>.jsonl for
+                     each extra benchmark)
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ def resolve_tokenizer(spec: TokenizerSpec, models: list[ModelSpec], training_tex
 
 
 def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule, output_dir: Path,
-                     identity: dict) -> dict:
-    """Fit (resuming from `checkpoints/last.ckpt` if present), save, decode and score."""
+                     identity: dict, benchmarks: dict | None = None) -> dict:
+    """Fit (resuming from `checkpoints/last.ckpt` if present), save, then decode and score the
+    evaluation split and every extra benchmark (evaluation-only data modules, e.g. Spider-DK)."""
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, StepTimer))
     last = output_dir / "checkpoints" / "last.ckpt"
     started = time.perf_counter()
@@ -53,17 +56,28 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule,
     validation = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
     if trainer.is_global_zero:
         save_model(module.student, module.tokenizer, output_dir / "model")
-    outputs = trainer.predict(module, datamodule=datamodule)
+    evaluations = {identity["data"]: ("eval", datamodule, "predictions.jsonl")}
+    for name, benchmark in (benchmarks or {}).items():
+        benchmark.prepare_data()
+        benchmark.connect(module.tokenizer)
+        benchmark.setup()
+        evaluations[name] = (name, benchmark, f"predictions_{name}.jsonl")
+    scores, index = {}, []
+    for name, (prefix, data, file) in evaluations.items():
+        outputs = trainer.predict(module, dataloaders=data.predict_dataloader())
+        if trainer.is_global_zero:
+            decoded = {i: module.tokenizer.decode(ids, skip_special_tokens=True).strip()
+                       for batch in outputs for i, ids in batch}
+            metrics, records = data.evaluate(decoded, prefix)
+            scores |= metrics
+            index.append({"name": name, "prefix": prefix, "metrics": list(data.report_metrics)})
+            with open(output_dir / file, "w") as f:
+                f.writelines(json.dumps(r) + "\n" for r in records)
     if not trainer.is_global_zero:
         return {}
-    tokenizer = module.tokenizer
-    decoded = {i: tokenizer.decode(ids, skip_special_tokens=True).strip() for batch in outputs for i, ids in batch}
-    scores, records = datamodule.evaluate(decoded)
     metrics = {**identity, "params": count_parameters(module.student), "steps": trainer.global_step,
-               "step_time_s": timer.median_step_s, "fit_time_s": fit_s, **validation, **scores}
+               "step_time_s": timer.median_step_s, "fit_time_s": fit_s, **validation, **scores, "benchmarks": index}
     write_json_atomic(output_dir / "metrics.json", metrics)
-    with open(output_dir / "predictions.jsonl", "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in records)
     for logger in trainer.loggers:
         logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=trainer.global_step)
         logger.save()

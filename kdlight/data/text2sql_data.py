@@ -1,0 +1,160 @@
+"""GeoQuery, Restaurants and the other text2sql-data datasets (Finegan-Dollak et al., ACL 2018).
+
+Format (jkkummerfeld/text2sql-data): one JSON list per dataset; each entry is one SQL query with
+`sql` (equivalent variants; the first is used), `query-split`, and `sentences`, each with `text`,
+`variables` (placeholder -> value) and `question-split`. Placeholders are substituted into both
+the question and the SQL. Two splits: `question` (a query's paraphrases may be on both sides) and
+`query` (every paraphrase of a query on one side: harder). Restaurants' splits are folds "0".."9".
+
+The dataset is converted once into a Spider-format folder in the cache (examples, a `tables.json`
+read from the SQLite schema, and a link to the user's database), so prompts, training and
+evaluation are exactly those of every other text-to-SQL benchmark. The conversion checks every
+gold query against the database and reports the ones that fail (they stay in: a failing gold
+counts as wrong for every method alike, and the count is printed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+from kdlight.data.spider import SpiderSource
+from kdlight.eval.sql_execution import execute
+
+log = logging.getLogger(__name__)
+
+CONVERSION_VERSION = 1
+SPLITS = ("question", "query")
+
+
+@dataclass(frozen=True)
+class Text2SQLDataSource:
+    """A text2sql-data dataset, converted to Spider format on first use.
+
+    Attributes:
+        file: the dataset JSON (e.g. `geography.json`).
+        database: its SQLite database.
+        db_id: the name the database gets in prompts and tables.
+        split: `question` or `query`.
+        eval_splits: split names evaluated on (GeoQuery: dev and test; Restaurants: one fold).
+        train_splits: split names trained on; None: every split not in `eval_splits`.
+        cache_dir: where the converted copy is written.
+    """
+
+    file: str
+    database: str
+    db_id: str
+    cache_dir: str
+    split: str = "question"
+    eval_splits: tuple[str, ...] = ("dev", "test")
+    train_splits: tuple[str, ...] | None = None
+
+    def resolve(self) -> SpiderSource:
+        if self.split not in SPLITS:
+            raise ValueError(f"text2sql-data split must be one of {SPLITS}, got '{self.split}'")
+        for path, what in ((self.file, "dataset file"), (self.database, "database")):
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"text2sql-data {what} not found: {path} (set data.source.{what.split()[-1]})")
+        folder = Path(self.cache_dir) / "text2sql_data" / f"{self.db_id}-{self._fingerprint()}"
+        if not (folder / "done").exists():
+            self._convert(folder)
+        return SpiderSource(str(folder), train_file="train.json", eval_file="eval.json")
+
+    def _fingerprint(self) -> str:
+        settings = json.dumps([CONVERSION_VERSION, self.split, sorted(self.eval_splits),
+                               sorted(self.train_splits) if self.train_splits is not None else None])
+        digest = hashlib.sha256(settings.encode())
+        for path in (self.file, self.database):
+            digest.update(Path(path).read_bytes())
+        return digest.hexdigest()[:12]
+
+    def _convert(self, folder: Path) -> None:
+        entries = _read_entries(Path(self.file))
+        train, evaluate = [], []
+        for entry in entries:
+            for sentence in entry["sentences"]:
+                name = str(entry["query-split"] if self.split == "query" else sentence["question-split"])
+                question, query = substitute(entry, sentence)
+                example = {"db_id": self.db_id, "question": question, "query": query, "split": name}
+                if name in self.eval_splits:
+                    evaluate.append(example)
+                elif self.train_splits is None or name in self.train_splits:
+                    train.append(example)
+        staging = folder.with_name(folder.name + f".{os.getpid()}.tmp")
+        shutil.rmtree(staging, ignore_errors=True)
+        (staging / "database" / self.db_id).mkdir(parents=True)
+        database = staging / "database" / self.db_id / f"{self.db_id}.sqlite"
+        database.symlink_to(Path(self.database).resolve())  # the user's copy, never duplicated
+        (staging / "tables.json").write_text(json.dumps([sqlite_schema(database, self.db_id)], indent=1))
+        (staging / "train.json").write_text(json.dumps(train, indent=1))
+        (staging / "eval.json").write_text(json.dumps(evaluate, indent=1))
+        failing = [e["query"] for e in train + evaluate if not execute(database, e["query"], 10.0, 10**6).ok]
+        (staging / "done").write_text(json.dumps({"train": len(train), "eval": len(evaluate),
+                                                  "gold_failing": len(failing)}))
+        try:
+            if not (folder / "done").exists():
+                shutil.rmtree(folder, ignore_errors=True)  # an unfinished conversion
+            os.replace(staging, folder)
+        except OSError:  # another process finished the same conversion first
+            shutil.rmtree(staging, ignore_errors=True)
+            if not (folder / "done").exists():
+                raise
+        log.info(f"{self.file}: {len(train)} train / {len(evaluate)} eval questions ({self.split} split, eval "
+                 f"{list(self.eval_splits)}); {len(failing)} gold queries fail to execute and count as wrong")
+
+
+def _read_entries(path: Path) -> list[dict]:
+    try:
+        entries = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
+    for i, entry in enumerate(entries):
+        for key in ("sql", "sentences", "query-split"):
+            if key not in entry:
+                raise KeyError(f"{path}: entry {i} has no '{key}' (text2sql-data format; keys: {sorted(entry)})")
+    return entries
+
+
+def substitute(entry: dict, sentence: dict) -> tuple[str, str]:
+    """The question and the first SQL variant with every placeholder replaced by its value: the
+    sentence's own values, else the entry's example values."""
+    values = {v["name"]: v["example"] for v in entry.get("variables", [])} | sentence.get("variables", {})
+    question, query = sentence["text"], entry["sql"][0]
+    for name in sorted(values, key=len, reverse=True):  # `city_name10` before `city_name1`
+        pattern = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(name)}(?![A-Za-z0-9_])")
+        question = pattern.sub(lambda _m, v=values[name]: v, question)
+        query = pattern.sub(lambda _m, v=values[name]: v, query)
+    return question, query.rstrip(" ;")
+
+
+def sqlite_schema(database: Path, db_id: str) -> dict:
+    """A Spider `tables.json` entry read from an SQLite database (declared types lower-cased)."""
+    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
+    try:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY rowid")]
+        columns, types, primary, index = [[-1, "*"]], ["text"], [], {}
+        for ti, table in enumerate(tables):
+            for _, name, declared, _, _, pk in conn.execute(f'PRAGMA table_info("{table}")'):
+                index[(table.lower(), name.lower())] = len(columns)
+                columns.append([ti, name])
+                types.append((declared or "text").lower())
+                if pk:
+                    primary.append(len(columns) - 1)
+        foreign = []
+        for table in tables:
+            for row in conn.execute(f'PRAGMA foreign_key_list("{table}")'):
+                source, target = (table.lower(), row[3].lower()), (row[2].lower(), (row[4] or "").lower())
+                if source in index and target in index:
+                    foreign.append([index[source], index[target]])
+    finally:
+        conn.close()
+    return {"db_id": db_id, "table_names_original": tables, "table_names": tables,
+            "column_names_original": columns, "column_names": columns, "column_types": types,
+            "primary_keys": primary, "foreign_keys": foreign}
