@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from kdlight.cli.report import main as report
+from kdlight.report.paired import mcnemar
 from tests.helpers import multirun
 
 
@@ -25,7 +26,8 @@ def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, cap
     killed = main_sweep / "9_killed"  # a job that started (config written) and never finished
     shutil.copytree(next(main_sweep.glob("0_*/.hydra")), killed / ".hydra")
 
-    report([str(main_sweep), str(broken), "--metrics", "eval/ex,val/ce", "--out", str(tmp_path / "out")])
+    report([str(main_sweep), str(broken), "--metrics", "eval/ex,val/ce", "--out", str(tmp_path / "out"),
+            "--paired", "rkd:sft"])
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| method | student | teacher | seeds | sqlgen EX | sqlgen CE | average | Δ vs sft | step vs sft |" in text
     assert "4 finished runs; 1 failed" in text and "Invalid learning rate" in text
@@ -45,6 +47,32 @@ def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, cap
     average = lambda m: (float(rows[m]["sqlgen EX mean"]) + float(rows[m]["sqlgen CE mean"])) / 2  # noqa: E731
     assert float(rows["rkd"]["delta"]) == pytest.approx(average("rkd") - average("sft"))
     assert "written:" in capsys.readouterr().out
+
+    # McNemar: rkd against sft on the same questions, pooled over the two seeds.
+    outcome = {}
+    for folder in main_sweep.glob("[0-9]_*"):
+        if (folder / "predictions.jsonl").exists():
+            run = json.loads((folder / "metrics.json").read_text())
+            lines = (folder / "predictions.jsonl").read_text().splitlines()
+            outcome[(run["method"], run["seed"])] = [json.loads(line)["ex"] for line in lines]
+    only_rkd = sum(a and not b for s in (0, 1) for a, b in zip(outcome[("rkd", s)], outcome[("sft", s)]))
+    only_sft = sum(b and not a for s in (0, 1) for a, b in zip(outcome[("rkd", s)], outcome[("sft", s)]))
+    n = len(outcome[("rkd", 0)]) * 2
+    assert f"| rkd | sft | sqlgen | llama-xs | llama-m | 2 | {n} | {only_rkd} | {only_sft} |" in text
+
+
+def test_mcnemar_exact_p_value():
+    # 10 discordant pairs one way, 2 the other: p = 2 * (C(12,0) + C(12,1) + C(12,2)) / 2^12.
+    a = [True] * 10 + [False] * 2 + [True] * 5 + [False] * 3
+    b = [False] * 10 + [True] * 2 + [True] * 5 + [False] * 3
+    test = mcnemar(a, b)
+    assert (test.n, test.only_a, test.only_b) == (20, 10, 2)
+    assert test.p_value == pytest.approx(2 * (1 + 12 + 66) / 4096)
+    assert (test.acc_a, test.acc_b) == (75.0, 35.0)
+    assert mcnemar(b, a).p_value == test.p_value and mcnemar(a, a).p_value == 1.0
+    assert mcnemar([True] * 3, [False] * 3).p_value == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="same length"):
+        mcnemar([True], [True, False])
 
 
 def test_report_without_finished_runs_is_a_clear_error(tmp_path):

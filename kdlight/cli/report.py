@@ -1,10 +1,12 @@
 """`kdlight-report`: one table (Markdown + CSV) and plots from the jobs of sweep folders.
 
     kdlight-report multirun/2026-11-22/10-00-00 [more folders] [--out DIR] [--baseline sft]
+                   [--metrics eval/ex,eval/ts] [--paired kid:sft,kid:gkd_rkl]
 
 Methods are rows; benchmark x metric are columns, then the average, the difference from the
 baseline (SFT) and the training step time relative to it; seeds are shown as mean ± std. Failed
-and unfinished jobs are listed, so a reader knows what the table is missing.
+and unfinished jobs are listed, so a reader knows what the table is missing. `--paired A:B` adds
+McNemar's test of A against B on the same questions, pooled over seeds (kdlight/report/paired.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import argparse
 import csv
 from pathlib import Path
 
+from kdlight.report.paired import format_paired, paired_table
 from kdlight.report.sweep import Jobs, aggregate, collect
 
 
@@ -75,7 +78,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="where to write report.{md,csv,png} (default: first folder)")
     parser.add_argument("--baseline", default="sft")
     parser.add_argument("--metrics", default="eval/ex,eval/ts", help="comma-separated metrics.json keys")
+    parser.add_argument("--paired", default="", help="comma-separated A:B method pairs for McNemar's test (EX)")
     args = parser.parse_args(argv)
+    pairs = [tuple(p.split(":")) for p in args.paired.split(",") if p]
+    if any(len(p) != 2 for p in pairs):
+        raise SystemExit(f"--paired takes A:B method pairs separated by commas, got '{args.paired}'")
     jobs = collect(args.folders)
     if not jobs.finished:
         raise SystemExit(f"no finished runs under {', '.join(map(str, args.folders))} "
@@ -84,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(columns, rows, jobs, args.baseline)
+    if pairs:
+        text += "\nPaired test on execution accuracy (same questions, same seeds, pooled):\n\n"
+        text += format_paired(paired_table(jobs.finished, pairs))
     (out / "report.md").write_text(text)
     write_csv(out / "report.csv", columns, rows)
     plot(out / "report.png", rows)

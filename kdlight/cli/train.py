@@ -11,6 +11,7 @@ them over. Tests call it directly.
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import traceback
@@ -40,10 +41,13 @@ FAILURE_FILE = "error.txt"  # written in a multirun job's folder when the job fa
 
 def train(cfg: DictConfig) -> dict:
     """Build everything the config names, train, evaluate; returns the final metrics."""
+    output_dir = Path(cfg.paths.output_dir)
+    if cfg.skip_finished and (output_dir / "metrics.json").exists():
+        log.info(f"{output_dir} already has metrics.json (skip_finished=true): not run again")
+        return json.loads((output_dir / "metrics.json").read_text())
     L.seed_everything(cfg.seed, workers=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    output_dir = Path(cfg.paths.output_dir)
     method = instantiate(cfg.method, _convert_="object")
     trained, teacher_spec = _model_specs(cfg, method.needs_teacher)
     datamodule = instantiate(cfg.data, _convert_="object")
