@@ -55,6 +55,9 @@ def test_prompt_parts_are_switchable(sqlgen_root):
                                     foreign_keys=False, matched_contents=False))
     assert "primary key" not in bare and "foreign keys" not in bare and "values :" not in bare
     assert "( " not in bare and len(bare) < len(full)
+    no_schema = build_prompt(schema, example.question, example.db_path, PromptParts(schema=False))
+    assert "table " not in no_schema and "foreign keys" not in no_schema and "database schema" not in no_schema
+    assert no_schema.endswith(example.question + "\n") and no_schema in full  # the tail of the full prompt
 
 
 def test_matched_contents_name_values_found_in_the_question(sqlgen_root):

@@ -108,3 +108,48 @@ def test_prediction_runs_without_dropout_and_restores_train_mode(tokenizer):
                                                 torch.Generator().manual_seed(0), 0)) for _ in range(2)]
     assert torch.equal(runs[0].target_ids, runs[1].target_ids)
     assert student.training
+
+
+def test_a_tokenizer_without_a_mask_token_gets_a_dedicated_one(sqlgen_root, tokenizer):
+    from kdlight.data.tokenizer import MASK_TOKEN, train_tokenizer
+    from kdlight.models.vocab import ModelVocab, add_mask_token, shared_vocab_size
+
+    texts = ["SELECT name FROM singer WHERE age > 3", "How many singers are there?"] * 50
+    bare = train_tokenizer(texts, vocab_size=300, mask_token=False)
+    assert bare.mask_token_id is None
+    size = len(bare)
+    exact, padded = tiny_model(bare, seed=0), tiny_model(bare, seed=1, pad_multiple=64)
+    assert add_mask_token(bare, [exact, padded]) and bare.mask_token == MASK_TOKEN and bare.mask_token_id == size
+    assert exact.get_input_embeddings().weight.shape[0] == size + 1  # one new row
+    assert padded.get_input_embeddings().weight.shape[0] == -(-size // 64) * 64  # it had room already
+    assert not add_mask_token(bare, [exact])  # once only
+    # A student saved with the added token still matches a teacher whose tokenizer lacks it.
+    teacher_tokenizer = train_tokenizer(texts, vocab_size=300, mask_token=False)
+    assert shared_vocab_size(bare, [ModelVocab("teacher", padded, teacher_tokenizer)]) == size + 1
+    rewritten = KidSequences(alpha=0.5, rewrite="mask_only").sequences(
+        toy_batches(bare, n=4)[0], StepContext(exact, None, bare, len(bare), torch.Generator(), 0))
+    assert (rewritten.target_ids == size).any()
+
+
+def test_bos_as_the_mask_token_is_an_option(tokenizer):
+    source, batch = KidSequences(alpha=0.5, rewrite="mask_only", mask_token="bos"), gold(tokenizer)
+    rewritten = source.sequences(batch, context(tokenizer))
+    changed = rewritten.target_ids != batch.target_ids
+    assert changed.any() and (rewritten.target_ids[changed] == tokenizer.bos_token_id).all()
+    with pytest.raises(ValueError, match="mask_token must be"):
+        KidSequences(mask_token="pad")
+
+
+def test_kid_run_adds_the_mask_token_and_saves_it_with_the_student(sqlgen_root, tmp_path):
+    from kdlight.cli.train import train
+    from kdlight.data.spider import PromptParts, SpiderSource, load_examples
+    from kdlight.data.tokenizer import MASK_TOKEN, load_tokenizer, train_tokenizer
+    from tests.test_configs import compose_cfg
+
+    examples, _ = load_examples(SpiderSource(str(sqlgen_root)), "train.json", PromptParts())
+    train_tokenizer([t for e in examples for t in (e.prompt, e.query)], 400, mask_token=False).save_pretrained(
+        tmp_path / "tokenizer")
+    cfg = compose_cfg(["debug=fdr", "method=kid", f"tokenizer.path={tmp_path / 'tokenizer'}"], tmp_path)
+    assert train(cfg)["steps"] == 2
+    saved = load_tokenizer(tmp_path / "run" / "model")
+    assert saved.mask_token == MASK_TOKEN and saved.mask_token_id == len(saved) - 1

@@ -23,13 +23,17 @@ def _fmt(value, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
 
-def markdown(columns: list[str], rows: list[dict], jobs: Jobs, baseline: str) -> str:
-    head = ["method", "student", "teacher", "seeds", *columns, "average", f"Δ vs {baseline}", f"step vs {baseline}"]
+def markdown(columns: list[str], rows: list[dict], jobs: Jobs, baseline: str, summary: bool = True,
+             fmt: str = "{:.1f}") -> str:
+    head = ["method", "student", "teacher", "seeds", *columns]
+    head += ["average", f"Δ vs {baseline}"] if summary else []
+    head += [f"step vs {baseline}"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * 3 + "---:|" * (len(head) - 3)]
     for r in rows:
         cells = [r["method"], r["student"], r["teacher"], str(r["seeds"])]
-        cells += [r[c].render() if r[c] is not None else "-" for c in columns]
-        cells += [_fmt(r["average"], "{:.1f}"), _fmt(r["delta"], "{:+.1f}"), _fmt(r["relative_step"], "{:.2f}x")]
+        cells += [r[c].render(fmt) if r[c] is not None else "-" for c in columns]
+        cells += [_fmt(r["average"], "{:.1f}"), _fmt(r["delta"], "{:+.1f}")] if summary else []
+        cells += [_fmt(r["relative_step"], "{:.2f}x")]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + f"\n\n{len(jobs.finished)} finished runs"
     if jobs.failed:
@@ -78,6 +82,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=None, help="where to write report.{md,csv,png} (default: first folder)")
     parser.add_argument("--baseline", default="sft")
     parser.add_argument("--metrics", default="eval/ex,eval/ts", help="comma-separated metrics.json keys")
+    parser.add_argument("--summary", action=argparse.BooleanOptionalAction, default=True,
+                        help="average and Δ vs baseline columns (--no-summary for metrics that do not average, "
+                             "e.g. val/ce,val/kl_from_teacher)")
+    parser.add_argument("--format", default=None, help="cell format (default: {:.1f}, or {:.3f} with --no-summary)")
     parser.add_argument("--paired", default="", help="comma-separated A:B method pairs for McNemar's test (EX)")
     args = parser.parse_args(argv)
     pairs = [tuple(p.split(":")) for p in args.paired.split(",") if p]
@@ -90,7 +98,8 @@ def main(argv: list[str] | None = None) -> None:
     columns, rows = aggregate(jobs.finished, args.metrics.split(","), args.baseline)
     out = args.out or args.folders[0]
     out.mkdir(parents=True, exist_ok=True)
-    text = markdown(columns, rows, jobs, args.baseline)
+    fmt = args.format or ("{:.1f}" if args.summary else "{:.3f}")
+    text = markdown(columns, rows, jobs, args.baseline, args.summary, fmt)
     if pairs:
         text += "\nPaired test on execution accuracy (same questions, same seeds, pooled):\n\n"
         text += format_paired(paired_table(jobs.finished, pairs))

@@ -11,6 +11,7 @@ them over. Tests call it directly.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import sys
@@ -29,12 +30,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlight.data.tokenizer import has_tokenizer, load_tokenizer
 from kdlight.models.build import ModelSpec, build_model, count_parameters
-from kdlight.models.vocab import ModelVocab, shared_vocab_size
+from kdlight.models.vocab import ModelVocab, add_mask_token, shared_vocab_size
 from kdlight.training.module import DistillationModule
 from kdlight.training.run import fit_and_evaluate, resolve_tokenizer
 from kdlight.training.teacher_store import publish_teacher, require_stored_teacher, stored_teacher
 
 log = logging.getLogger(__name__)
+
+
+def job_dirname(overrides: str, limit: int = 120) -> str:
+    """A sweep job's folder name from its overrides (Hydra's `override_dirname`): no path values
+    (their slashes would nest folders) and at most `limit` characters (file systems allow 255),
+    the rest replaced by a short hash so that names stay distinct."""
+    name = ",".join(item for item in overrides.split(",") if "/" not in item)
+    if len(name) > limit:
+        name = f"{name[: limit - 9]}-{hashlib.sha1(overrides.encode()).hexdigest()[:8]}"
+    return name
+
+
+OmegaConf.register_new_resolver("kd_dirname", job_dirname, replace=True)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 FAILURE_FILE = "error.txt"  # written in a multirun job's folder when the job fails
 
@@ -49,7 +63,7 @@ def train(cfg: DictConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     method = instantiate(cfg.method, _convert_="object")
-    trained, teacher_spec = _model_specs(cfg, method.needs_teacher)
+    trained, teacher_spec = _model_specs(cfg, method.needs_teacher or (cfg.stage == "student" and cfg.teacher_kl))
     datamodule = instantiate(cfg.data, _convert_="object")
     datamodule.prepare_data()
     datamodule.load()
@@ -60,6 +74,10 @@ def train(cfg: DictConfig) -> dict:
     student = build_model(trained, tokenizer)
     teacher = build_model(teacher_spec, tokenizer) if teacher_spec else None
     vocab_size = shared_vocab_size(tokenizer, _vocab_entries(cfg.stage, trained, student, teacher_spec, teacher))
+    if getattr(method.source, "needs_mask_token", False) and add_mask_token(tokenizer, [m for m in (student, teacher) if m]):
+        vocab_size = len(tokenizer)
+        log.info(f"the tokenizer had no mask token: added {tokenizer.mask_token} (id {tokenizer.mask_token_id}) for "
+                 f"{method.name}; it is saved with the student's tokenizer")
     module = DistillationModule(student, method, tokenizer, vocab_size, instantiate(cfg.optimizer),
                                 instantiate(cfg.loop), teacher, seed=cfg.seed)
     logger = instantiate(cfg.logger) if cfg.logger else False
@@ -118,7 +136,8 @@ def _resolved(cfg: DictConfig) -> dict:
 
 
 def _model_specs(cfg: DictConfig, needs_teacher: bool) -> tuple[ModelSpec, ModelSpec | None]:
-    """The model to train and the frozen teacher (if the method needs one)."""
+    """The model to train and the frozen teacher (if the method needs one, or `teacher_kl` asks
+    for the student's held-out KL from it)."""
     if cfg.stage == "teacher":
         if needs_teacher:
             raise ValueError(f"stage=teacher fine-tunes the teacher on its own, so the method must need no "

@@ -30,6 +30,8 @@ class PromptParts:
     """Which parts of the CodeS schema prompt to include.
 
     Attributes:
+        schema: the table lines and foreign keys. A model trained and evaluated on one database
+            (GeoQuery, Restaurants) sees the same schema in every prompt and can do without it.
         column_types: `( int | ... )` after each column.
         primary_keys: mark primary-key columns.
         sample_values: up to `values_per_column` distinct values read from the database.
@@ -39,6 +41,7 @@ class PromptParts:
         max_value_chars: longer values are skipped as samples.
     """
 
+    schema: bool = True
     column_types: bool = True
     primary_keys: bool = True
     sample_values: bool = True
@@ -184,11 +187,11 @@ def load_schemas(path: Path) -> dict[str, dict]:
 
 def build_prompt(schema: dict, question: str, db_path: Path | None, parts: PromptParts) -> str:
     """The CodeS prompt: schema, foreign keys, matched contents, question."""
-    lines = ["database schema :"]
+    lines = ["database schema :"] if parts.schema else []
     values = _column_values(str(db_path), parts.values_per_column, parts.max_value_chars) if db_path else {}
     tables = schema["table_names_original"]
     primary = set(schema["primary_keys"]) if parts.primary_keys else set()
-    for ti, table in enumerate(tables):
+    for ti, table in enumerate(tables if parts.schema else []):
         cols = []
         for ci, (owner, col) in enumerate(schema["column_names_original"]):
             if owner != ti:
@@ -203,7 +206,7 @@ def build_prompt(schema: dict, question: str, db_path: Path | None, parts: Promp
                 notes.append("values : " + " , ".join(sample))
             cols.append(f"{table}.{col}" + (f" ( {' | '.join(notes)} )" if notes else ""))
         lines.append(f"table {table} , columns = [ {' , '.join(cols)} ]")
-    if parts.foreign_keys and schema["foreign_keys"]:
+    if parts.schema and parts.foreign_keys and schema["foreign_keys"]:
         lines.append("foreign keys :")
         names = schema["column_names_original"]
         for a, b in schema["foreign_keys"]:

@@ -14,8 +14,9 @@ from pathlib import Path
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
+MASK_TOKEN = "<mask>"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-                  "mask_token": "<mask>"}
+                  "mask_token": MASK_TOKEN}
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,11 @@ class TokenizerSpec:
     split_digits: bool = True
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = True) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE with kdlight's special tokens (ids 0-4) on `texts`."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = True,
+                    mask_token: bool = True) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE with kdlight's special tokens (ids 0-4) on `texts`. `mask_token=False`
+    leaves the mask token out, as many pretrained tokenizers do."""
+    special = SPECIAL_TOKENS if mask_token else {k: v for k, v in SPECIAL_TOKENS.items() if k != "mask_token"}
     tok = Tokenizer(models.BPE(unk_token=SPECIAL_TOKENS["unk_token"]))
     # Split digits: copying a number digit by digit generalises to unseen numbers, where merged
     # multi-digit tokens do not; without it, frequent numbers become single tokens.
@@ -42,10 +46,10 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = 
     tok.pre_tokenizer = (pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
                          if split_digits else byte_level)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS.values()),
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(special.values()),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, **SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **special)
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:

@@ -10,7 +10,8 @@ Choices the paper leaves open are options: positions `random` (default), `unifor
 spaced), `hard` / `easy` (highest / lowest student entropy on the clean target); a per-sequence
 count round(α·|y|) (default) or per-token Bernoulli(α) (random positions only); `argmax`
 (default) or `sample` rewrite, or `mask_only` (the ablation: keep the mask tokens). The mask token
-is the tokenizer's own; a tokenizer without one uses its BOS token, as the paper's example does.
+is the tokenizer's own; a tokenizer without one gets a dedicated one at start-up
+(`kdlight.models.vocab.add_mask_token`), or `mask_token: bos` uses BOS, as the paper's example does.
 """
 
 from __future__ import annotations
@@ -36,13 +37,19 @@ class KidSequences:
         strategy: which positions: random, uniform, hard, easy.
         count: `sequence` (round(α·|y|) positions per target) or `token` (Bernoulli(α) per position).
         rewrite: argmax, sample, or mask_only.
+        mask_token: `dedicated` (the tokenizer's mask token, added if it has none) or `bos`.
     """
 
     alpha: float = 0.2
     strategy: str = "random"
     count: str = "sequence"
     rewrite: str = "argmax"
+    mask_token: str = "dedicated"
     needs_teacher: bool = False  # the divergence needs one; the rewrite itself uses the student
+
+    @property
+    def needs_mask_token(self) -> bool:
+        return self.mask_token == "dedicated"
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
@@ -50,6 +57,8 @@ class KidSequences:
         if self.strategy not in STRATEGIES or self.rewrite not in REWRITES or self.count not in ("sequence", "token"):
             raise ValueError(f"kid: strategy in {STRATEGIES}, rewrite in {REWRITES}, count in (sequence, token); "
                              f"got {self.strategy}, {self.rewrite}, {self.count}")
+        if self.mask_token not in ("dedicated", "bos"):
+            raise ValueError(f"kid: mask_token must be 'dedicated' or 'bos', got '{self.mask_token}'")
         if self.count == "token" and self.strategy != "random":
             raise ValueError("kid: count=token (Bernoulli per position) only goes with strategy=random")
 
@@ -57,7 +66,10 @@ class KidSequences:
         if self.alpha == 0.0:
             return gold  # nothing masked: exactly the gold-sequence method (rkd)
         chosen = self.choose_positions(gold, ctx)  # [B, T] bool
-        mask_id = ctx.tokenizer.mask_token_id if ctx.tokenizer.mask_token_id is not None else ctx.tokenizer.bos_token_id
+        mask_id = ctx.tokenizer.mask_token_id if self.needs_mask_token else ctx.tokenizer.bos_token_id
+        if mask_id is None:
+            raise ValueError(f"kid: the tokenizer has no {'mask' if self.needs_mask_token else 'BOS'} token "
+                             "(the training entry point adds a dedicated mask token; see add_mask_token)")
         masked = torch.where(chosen, torch.full_like(gold.target_ids, mask_id), gold.target_ids)
         if self.rewrite == "mask_only":
             return gold.with_targets(masked, gold.target_mask)

@@ -115,8 +115,9 @@ def aggregate(runs: list[dict], metrics: list[str], baseline: str) -> tuple[list
                   if r.get("step_time_s") and (r["data"], model) in base_step]
         row["relative_step"] = statistics.fmean(ratios) if ratios else None
         rows.append(row)
-    base_average = {r["student"]: r["average"] for r in rows if r["method"] == baseline}
+    # The baseline row of the same student (and teacher, when the baseline measured its KL to one).
+    base_average = {(r["student"], r["teacher"]): r["average"] for r in rows if r["method"] == baseline}
     for row in rows:
-        base = base_average.get(row["student"])
+        base = base_average.get((row["student"], row["teacher"]), base_average.get((row["student"], "-")))
         row["delta"] = row["average"] - base if row["average"] is not None and base is not None else None
     return columns, rows
