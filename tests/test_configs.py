@@ -246,3 +246,21 @@ def test_fsdp_bf16_fast_dev_run(tmp_path, placement):
                        "method=rkd", f"loop.teacher_placement={placement}"], tmp_path)
     metrics = train(cfg)
     assert metrics["steps"] == 2 and metrics["eval/n"] == 8
+
+
+def test_skip_finished_returns_the_metrics_without_running_and_teacher_kl_measures_sft(tmp_path):
+    cfg = compose_cfg(["debug=fdr", "method=sft", "teacher_kl=true", "skip_finished=true"], tmp_path)
+    first = train(cfg)
+    assert first["teacher"] == "llama-m" and first["val/kl_from_teacher"] > 0  # SFT, yet measured
+    metrics = Path(cfg.paths.output_dir) / "metrics.json"
+    stamp = metrics.stat().st_mtime_ns
+    assert train(cfg) == json.loads(metrics.read_text()) and metrics.stat().st_mtime_ns == stamp
+
+
+def test_sweep_folder_names_drop_paths_and_stay_short():
+    from kdlight.cli.train import job_dirname
+
+    assert job_dirname("method=kid,seed=0,student.path=/a/b/model") == "method=kid,seed=0"
+    long = ",".join(f"key{i}=value{i}" for i in range(40))
+    name = job_dirname(long)
+    assert len(name) == 120 and name != job_dirname(long + ",x=1") and "/" not in name
