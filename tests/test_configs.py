@@ -66,7 +66,9 @@ def test_every_config_composes(group, option, tmp_path):
         else:
             assert set(cfg.logger.tags) >= {"sft", "sqlgen", "student=llama-xs", "seed=0"}
     elif group == "experiment":
-        assert (cfg.teacher.name, cfg.student.name, cfg.trainer.max_steps) == ("llama-m", "llama-xs", 400)
+        expected = {"text2sql_tiny": ("llama-m", "llama-xs", 400, "sqlgen"),
+                    "kid_paper": ("qwen1.5-4b", "qwen1.5-0.5b", -1, "spider")}[option]
+        assert (cfg.teacher.name, cfg.student.name, cfg.trainer.max_steps, cfg.data_name) == expected
     elif group == "debug":
         took_effect = {"fdr": cfg.trainer.get("fast_dev_run") == 2, "limit": cfg.trainer.max_steps == 30,
                        "overfit": cfg.data.limit_train == 32, "profiler": cfg.trainer.get("profiler") == "simple"}
