@@ -13,7 +13,7 @@ from kdlight.data.text2sql import _collate
 from kdlight.losses import ReverseKL
 from kdlight.methods import GoldSequences, Method
 from kdlight.training.module import DistillationModule, LoopOptions
-from tests.helpers import tiny_model, toy_batches
+from tests.helpers import fit_spawned, tiny_model, toy_batches
 
 
 def examples(tokenizer, n=8):
@@ -47,12 +47,13 @@ def one_step(tokenizer, tmp_path, devices: int, placement: str = "replicate"):
     start = {n: p.detach().clone() for n, p in module.student.named_parameters()}
     loader = DataLoader(examples(tokenizer), batch_size=8 // devices, shuffle=False,
                         collate_fn=partial(_collate, pad_id=tokenizer.pad_token_id))
-    strategy = "ddp_spawn" if devices > 1 else "auto"
-    trainer = L.Trainer(accelerator="cpu", devices=devices, strategy=strategy, max_steps=1, logger=False,
-                        enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
-                        default_root_dir=tmp_path,
-                        callbacks=[TeacherPlacementCheck(sharded=placement == "shard" and devices > 1)])
-    trainer.fit(module, train_dataloaders=loader)
+    def make_trainer() -> L.Trainer:
+        return L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
+                         max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         enable_checkpointing=False, default_root_dir=tmp_path,
+                         callbacks=[TeacherPlacementCheck(sharded=placement == "shard" and devices > 1)])
+
+    trainer = fit_spawned(make_trainer, module, train_dataloaders=loader)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     update = {n: p.detach() - start[n] for n, p in module.student.named_parameters()}
     return update, float(trainer.callback_metrics["train/loss"])
@@ -124,9 +125,10 @@ def test_ddp_ranks_share_the_teacher_output_generation(sqlgen_root, tokenizer, t
                                 partial(torch.optim.SGD, lr=0.1),
                                 LoopOptions(warmup_steps=1, teacher_placement=placement),
                                 teacher)
-    L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False, enable_progress_bar=False,
-              enable_model_summary=False, enable_checkpointing=False, use_distributed_sampler=False,
-              default_root_dir=tmp_path).fit(module, datamodule=dm)
+    fit_spawned(lambda: L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False,
+                                  enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                                  use_distributed_sampler=False, default_root_dir=tmp_path),
+                module, datamodule=dm)
     cached = json.loads(next((tmp_path / "ddp" / "teacher_outputs").glob("*.json")).read_text())["outputs"]
     alone = TeacherOutputs(str(tmp_path / "one"), max_new_tokens=6, batch_size=3)
     alone.prepare(Prompts(dm.train_prompts(), tiny_model(tokenizer, seed=1), tokenizer, len(tokenizer)))
