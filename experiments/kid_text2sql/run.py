@@ -137,10 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated method configs")
     parser.add_argument("--seeds", default=None, help="comma-separated seeds (default: the scale's)")
     parser.add_argument("--datasets", default=None, help="comma-separated data configs (default: the scale's)")
+    parser.add_argument("--teachers", default=None, help="comma-separated teacher model configs (default: the scale's)")
     args, extra = parser.parse_known_args(argv)
     scale = SCALES[args.scale]
     if args.seeds:
         scale = replace(scale, seeds=tuple(int(s) for s in args.seeds.split(",")))
+    if args.teachers:
+        scale = replace(scale, teachers=tuple(args.teachers.split(",")))
     if args.datasets:
         scale = replace(scale, datasets={d: scale.datasets.get(d, ()) for d in args.datasets.split(",")})
     methods = tuple(args.methods.split(","))
