@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import warnings
 import sys
 from pathlib import Path
 
@@ -73,4 +74,6 @@ def fit_spawned(make_trainer, *args, **kwargs) -> L.Trainer:
         except ProcessExitedException as error:
             if attempt == 2 or getattr(error, "signal_name", None) != "SIGABRT":
                 raise
+            warnings.warn(f"a spawned worker aborted after its work ({error}); running the spawn once more",
+                          stacklevel=2)
     raise AssertionError("unreachable")
