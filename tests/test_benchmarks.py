@@ -173,3 +173,13 @@ def test_a_run_scores_extra_benchmarks_and_the_report_lays_them_out_like_kid(dat
             "| bird_evidence EX | average | Δ vs sft | step vs sft |") in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| kid")}
     assert "kid" in rows and rows["kid"].rstrip(" |").split(" | ")[-1].endswith("x")  # latency vs SFT
+
+
+def test_a_missing_benchmark_copy_fails_before_training_and_names_the_benchmark(tmp_path):
+    from kdlight.cli.train import train
+
+    cfg = compose_cfg(["debug=fdr", "+benchmark@benchmarks.spider_dk=spider_dk",
+                       f"paths.data_dir={tmp_path / 'nowhere'}"], tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"benchmark 'spider_dk': .*nowhere.*benchmarks.spider_dk.source.root"):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained

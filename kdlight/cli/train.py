@@ -107,8 +107,12 @@ def _benchmarks(cfg: DictConfig) -> dict:
     benchmarks = {}
     for name, spec in (cfg.benchmarks or {}).items():
         benchmarks[name] = instantiate(spec, _convert_="object")
-        benchmarks[name].prepare_data()
-        benchmarks[name].load()
+        try:
+            benchmarks[name].prepare_data()
+            benchmarks[name].load()
+        except (FileNotFoundError, KeyError, ValueError) as error:
+            raise type(error)(f"benchmark '{name}': {error}; for a benchmark that is benchmarks.{name}.source.root, "
+                              "or KDLIGHT_DATA for every copy") from error
     return benchmarks
 
 
