@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from hydra.utils import instantiate
 
-from kdlight.data.text2sql_data import Text2SQLDataSource, substitute
-from kdlight.data.spider import load_examples, PromptParts
+from kdlight.data.spider import PromptParts, load_examples
+from kdlight.data.text2sql_data import Text2SQLDataSource
 from kdlight.eval.sql_execution import execute
 from tests.benchmark_fixtures import make_benchmarks
 from tests.conftest import SHARED_DATA

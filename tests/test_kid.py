@@ -9,8 +9,8 @@ from kdlight.losses import ReverseKL
 from kdlight.methods import GoldSequences, Method, StepContext
 from kdlight.methods.kid import KidSequences
 from kdlight.models.lm import target_logits
-from tests.test_module import make_module
 from tests.helpers import tiny_model, toy_batches
+from tests.test_module import make_module
 
 
 def context(tokenizer, seed=0):

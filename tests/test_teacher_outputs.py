@@ -8,12 +8,11 @@ from functools import partial
 import pytest
 import torch
 
-from kdlight.methods import teacher_outputs
 from kdlight.data.batch import collate
 from kdlight.data.spider import PromptParts, SpiderSource
 from kdlight.data.text2sql import Text2SQLDataModule
 from kdlight.losses import ForwardKL, TotalVariation, token_cross_entropy
-from kdlight.methods import Method, StepContext
+from kdlight.methods import Method, StepContext, teacher_outputs
 from kdlight.methods.on_policy import StudentSamples
 from kdlight.methods.teacher_outputs import Prompts, TeacherOutputs, teacher_fingerprint
 from kdlight.models.build import save_model
@@ -150,22 +149,27 @@ def test_seqkd_ce_is_on_the_teacher_outputs(tokenizer, datamodule, tmp_path):
 def test_fdistill_mixes_teacher_outputs_and_student_samples(tokenizer, datamodule, tmp_path):
     teacher, student = tiny_model(tokenizer, seed=1), tiny_model(tokenizer, seed=0)
     outputs = TeacherOutputs(str(tmp_path), max_new_tokens=6)
-    prompts = Prompts(datamodule.train_prompts(), teacher, tokenizer, len(tokenizer))
+    mixture = StudentSamples(lam=0.5, per="example", max_new_tokens=6, otherwise=outputs)
+    assert mixture.needs_teacher and Method("fdistill", mixture, TotalVariation(), ce_weight=0.0).needs_teacher
+    mixture.prepare(Prompts(datamodule.train_prompts(), teacher, tokenizer, len(tokenizer)))  # via `otherwise`
     gold = next(iter(datamodule.train_dataloader()))
-    teacher_targets = None
-    for lam in (0.0, 1.0):
-        mixture = StudentSamples(lam=lam, per="example", max_new_tokens=6, otherwise=outputs)
-        assert mixture.needs_teacher
-        mixture.prepare(prompts)
-        out = mixture.sequences(gold, StepContext(student, teacher, tokenizer, len(tokenizer), torch.Generator(), 0))
-        assert torch.equal(out.prompt_ids, gold.prompt_ids)
-        if lam == 0.0:
-            teacher_targets = out.targets()
-            assert teacher_targets == outputs.lookup(gold.index.tolist())
-    assert out.targets() != teacher_targets  # lam = 1: every target is a student sample
-    method = Method("fdistill", StudentSamples(lam=0.5, per="example", otherwise=outputs), TotalVariation(),
-                    ce_weight=0.0)
-    assert method.needs_teacher
+    teacher_targets = outputs.lookup(gold.index.tolist())
+    # A seed whose per-example draws mix both kinds in this batch (the source draws the same way).
+    seed = next(s for s in range(100) if 0 < int((torch.rand(gold.size, generator=torch.Generator().manual_seed(s))
+                                                  < 0.5).sum()) < gold.size)
+    sampled = (torch.rand(gold.size, generator=torch.Generator().manual_seed(seed)) < 0.5).tolist()
+    torch.manual_seed(7)
+    out = mixture.sequences(gold, StepContext(student, teacher, tokenizer, len(tokenizer),
+                                              torch.Generator().manual_seed(seed), 0))
+    torch.manual_seed(7)
+    rows = [i for i, s in enumerate(sampled) if s]
+    samples = generate(student.eval(), gold.take(torch.tensor(rows)), 6, tokenizer.eos_token_id, len(tokenizer),
+                       do_sample=True)
+    expected = list(teacher_targets)
+    for row, sample in zip(rows, samples):
+        expected[row] = sample
+    assert out.targets() == expected  # teacher outputs where not drawn, the student's samples where drawn
+    assert torch.equal(out.prompt_ids, gold.prompt_ids)
 
 
 def test_precomputing_without_a_datamodule_is_a_clear_error(tokenizer, tmp_path):
