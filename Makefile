@@ -1,5 +1,5 @@
 # Two commands do everything on a fresh machine (Python 3.10+):
-#   make study   install into .venv, then run the default text-to-SQL distillation study
+#   make study   install into .venv, then run the default study (conf/study/text2sql_tiny.yaml)
 #   make test    install into .venv (with test extras), then run the test suite
 PYTHON ?= python3
 VENV := .venv
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 study: $(STAMP)
-	$(BIN)/python experiments/text2sql_tiny/run.py $(ARGS)
+	$(BIN)/kdlight-study study=text2sql_tiny $(ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

@@ -2,7 +2,7 @@
 
 The real Spider-DK, Spider-Syn, Spider-Realistic and BIRD are not available here (and BIRD's
 databases are large), so each format is rebuilt from a generated Spider-format set with the
-layout and field names BENCHMARKS.md §1 gives. The copies live under one `data_dir`, laid out
+layout and field names docs/tasks.md gives. The copies live under one `data_dir`, laid out
 as the benchmark configs expect (`<data_dir>/text2sql/<benchmark>/...`), so the configs
 themselves are what the tests exercise.
 """

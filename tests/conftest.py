@@ -17,16 +17,16 @@ SPIDER = SHARED_DATA / "text2sql" / "spider"
 @pytest.fixture(scope="session")
 def sqlgen_root(tmp_path_factory) -> Path:
     """A small generated Spider-format dataset (built once per test session)."""
-    from kdlight.data.sqlgen import GeneratorSpec, ensure_generated
+    from kdlight.tasks.text2sql.sqlgen import GeneratorSpec, ensure_generated
 
     return ensure_generated(GeneratorSpec(n_train=200, n_dev=40, seed=1), tmp_path_factory.mktemp("sqlgen"))
 
 
 @pytest.fixture(scope="session")
 def tokenizer(sqlgen_root):
-    from kdlight.data.spider import PromptParts, SpiderSource, load_examples
     from kdlight.data.tokenizer import train_tokenizer
+    from kdlight.tasks.text2sql.spider import PromptParts, SpiderSource, load_examples
 
     examples, _ = load_examples(SpiderSource(str(sqlgen_root)), "train.json", PromptParts())
-    texts = [t for e in examples for t in (e.prompt, e.query)]
+    texts = [t for e in examples for t in (e.prompt, e.target)]
     return train_tokenizer(texts, vocab_size=400)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sqlite3
 from pathlib import Path
 
 import pytest
 from hydra.utils import instantiate
 
-from kdlight.data.spider import PromptParts, load_examples
-from kdlight.data.text2sql_data import Text2SQLDataSource
-from kdlight.eval.sql_execution import execute
+from kdlight.eval.sql.execution import execute
+from kdlight.tasks.text2sql import PromptParts, Text2SQLDataSource, Text2SQLTask
+from kdlight.tasks.text2sql.spider import load_examples
 from tests.benchmark_fixtures import make_benchmarks
 from tests.conftest import SHARED_DATA
 from tests.test_configs import compose_cfg
@@ -27,52 +28,78 @@ def data_dir(sqlgen_root, tmp_path_factory) -> Path:
     return make_benchmarks(sqlgen_root, tmp_path_factory.mktemp("benchmarks"), n=N)
 
 
-def benchmark(name: str, data_dir: Path, tmp_path: Path):
-    cfg = compose_cfg([f"+benchmark@benchmarks.{name}={name}", f"paths.data_dir={data_dir}"], tmp_path)
-    module = instantiate(cfg.benchmarks[name], _convert_="object")
-    module.load()
-    return module
+def benchmark(name: str, data_dir: Path, tmp_path: Path, *overrides: str) -> Text2SQLTask:
+    cfg = compose_cfg([f"+benchmark@benchmarks.{name}={name}", f"paths.data_dir={data_dir}", *overrides], tmp_path)
+    return instantiate(cfg.benchmarks[name], _convert_="object")
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
-def test_each_benchmark_config_loads_its_format_without_dropping_anything(name, data_dir, tmp_path):
-    module = benchmark(name, data_dir, tmp_path)
-    assert module.train_examples == [] and len(module.eval_examples) == N  # evaluation only
-    report = module.reports[-1]
-    assert not report.missing_database and not report.missing_schema
-    assert all(e.db_path is not None and e.db_path.exists() for e in module.eval_examples)
+def test_each_benchmark_config_loads_its_format_without_dropping_anything(name, data_dir, tmp_path, caplog):
+    task = benchmark(name, data_dir, tmp_path)
+    examples = task.load("eval")
+    assert task.load("train") == [] and len(examples) == N  # evaluation only
+    assert "without a database" not in caplog.text and "not in tables.json" not in caplog.text
+    assert all(e.meta["db_path"] is not None and Path(e.meta["db_path"]).exists() for e in examples)
 
 
 def test_spider_dk_searches_its_own_databases_before_spiders(data_dir, tmp_path):
-    module = benchmark("spider_dk", data_dir, tmp_path)
-    for example in module.eval_examples:
-        own = example.db_id.startswith("new_")
-        assert ("spider-dk" in example.db_path.parts) == own and ("spider" in example.db_path.parts) == (not own)
-    assert any(e.db_id.startswith("new_") for e in module.eval_examples)
+    examples = benchmark("spider_dk", data_dir, tmp_path).load("eval")
+    for example in examples:
+        own, parts = example.meta["db_id"].startswith("new_"), Path(example.meta["db_path"]).parts
+        assert ("spider-dk" in parts) == own and ("spider" in parts) == (not own)
+    assert any(e.meta["db_id"].startswith("new_") for e in examples)
 
 
 def test_spider_syn_asks_the_synonym_question(data_dir, tmp_path):
-    questions = [e.question for e in benchmark("spider_syn", data_dir, tmp_path).eval_examples]
+    questions = [e.meta["question"] for e in benchmark("spider_syn", data_dir, tmp_path).load("eval")]
     originals = json.loads((data_dir / "text2sql" / "spider-syn" / "dev.json").read_text())
     assert questions == [o["SpiderSynQuestion"] for o in originals] != [o["SpiderQuestion"] for o in originals]
 
 
-def test_bird_with_and_without_evidence_and_ex_by_difficulty(data_dir, tmp_path, tokenizer):
+def test_bird_with_and_without_evidence_and_ex_by_difficulty(data_dir, tmp_path):
     plain, with_evidence = benchmark("bird", data_dir, tmp_path), benchmark("bird_evidence", data_dir, tmp_path)
     raw = json.loads((data_dir / "text2sql" / "bird" / "dev.json").read_text())
-    for a, b, item in zip(plain.eval_examples, with_evidence.eval_examples, raw):
+    examples = plain.load("eval")
+    for a, b, item in zip(examples, with_evidence.load("eval"), raw):
         assert item["evidence"] not in a.prompt
         assert b.prompt.rstrip().endswith(f"{item['evidence']}\n{item['question']}")
-        assert a.query == item["SQL"] and a.hardness == item["difficulty"]
-    assert plain.comparator == "bird" and plain.report_metrics == ("ex", "em")
-    gold = {i: e.query for i, e in enumerate(plain.eval_examples)}
-    gold[0] = "SELECT 1"  # one wrong answer
-    metrics, records = plain.evaluate(gold, "bird")
-    levels = {e.hardness for e in plain.eval_examples}
-    assert metrics["bird/ex"] == pytest.approx(100 * (N - 1) / N)
-    assert {f"bird/ex_{level}" for level in levels} <= set(metrics)
-    first = plain.eval_examples[0].hardness
-    assert metrics[f"bird/ex_{first}"] < 100 and len(records) == N
+        assert a.target == item["SQL"] and a.group == item["difficulty"]
+    scorer = plain.scorer()
+    assert scorer.comparator == "bird" and scorer.table_metrics == ("ex",) and scorer.limits.timeout_s == 30.0
+    predictions = [e.target for e in examples]
+    predictions[0] = "SELECT 1"  # one wrong answer
+    scores = scorer.score(examples, predictions, "bird")
+    levels = {e.group for e in examples}
+    assert scores.metrics["bird/ex"] == pytest.approx(100 * (N - 1) / N)
+    assert {f"bird/ex/{level}" for level in levels} <= set(scores.metrics)
+    assert scores.metrics[f"bird/ex/{examples[0].group}"] < 100 and len(scores.records) == N
+    assert scorer.check(examples, "bird") == []  # no TS note: BIRD does not report TS
+
+
+def test_benchmarks_are_scored_with_the_runs_settings_unless_they_override_them(data_dir, tmp_path):
+    dk = benchmark("spider_dk", data_dir, tmp_path, "data.task.scorer.comparator=spider",
+                   "data.task.scorer.limits.timeout_s=9", "data.task.scorer.workers=1")
+    bird = benchmark("bird", data_dir, tmp_path, "data.task.scorer.comparator=spider")
+    assert (dk.scorer().comparator, dk.scorer().limits.timeout_s, dk.scorer().workers) == ("spider", 9.0, 1)
+    assert bird.scorer().comparator == "bird"  # BIRD's own comparator wins, and reports name it
+    # The prompt follows the run's data, so a model is scored on the prompt format it learnt.
+    bare = benchmark("spider_dev", data_dir, tmp_path, "data.task.prompt.foreign_keys=false")
+    assert "foreign keys :" not in bare.load("eval")[0].prompt
+
+
+def test_a_benchmark_whose_databases_are_all_missing_fails_before_training(data_dir, tmp_path):
+    from kdlight.cli.train import train
+
+    copy = tmp_path / "data"
+    shutil.copytree(data_dir, copy)
+    shutil.rmtree(copy / "text2sql" / "bird" / "dev_databases")
+    (copy / "text2sql" / "bird" / "dev_databases").mkdir()
+    cfg = compose_cfg(["debug=fdr", f"paths.data_dir={copy}", "+benchmark@benchmarks.bird=bird"], tmp_path)
+    expected = (r"benchmark 'bird': none of its 8 questions has a database .*bird \(databases under dev_databases\)\] "
+                r"\(settings: benchmarks.bird.source")
+    with pytest.raises(ValueError, match=expected):
+        train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained
 
 
 def text2sql_data_fixture(folder: Path) -> tuple[Path, Path]:
@@ -107,7 +134,7 @@ def test_text2sql_data_substitutes_variables_and_splits(tmp_path, split, train, 
     train_examples, _ = load_examples(source, source.train_file, PromptParts())
     eval_examples, _ = load_examples(source, source.eval_file, PromptParts())
     assert (len(train_examples), len(eval_examples)) == (train, evaluated)
-    everything = {e.question: e.query for e in train_examples + eval_examples}
+    everything = {e.meta["question"]: e.target for e in train_examples + eval_examples}
     assert everything["towns in nevada"] == 'SELECT TOWNalias0.NAME FROM TOWN AS TOWNalias0 WHERE TOWNalias0.STATE = "nevada"'
     assert everything["list towns of texas"].endswith('"texas"')  # the entry's example value
     if split == "question":
@@ -135,19 +162,18 @@ RESTAURANTS = SHARED_DATA / "text2sql" / "restaurants"
 @pytest.mark.skipif(not GEOQUERY.exists(), reason="needs the real GeoQuery in ../shared/data")
 def test_real_geoquery_and_restaurants_splits(tmp_path):
     cfg = compose_cfg([f"paths.data_dir={SHARED_DATA}", "data=geoquery"], tmp_path)
-    module = instantiate(cfg.data, _convert_="object")
-    module.load()
-    assert (len(module.train_examples), len(module.eval_examples)) == (549, 328)
+    task = instantiate(cfg.data, _convert_="object").task
+    train, evaluate = task.load("train"), task.load("eval")
+    assert (len(train), len(evaluate)) == (549, 328)
     names = {v["name"] for entry in json.loads((GEOQUERY / "geography.json").read_text()) for v in entry["variables"]}
     placeholder = re.compile(r"\b(" + "|".join(sorted(names, key=len, reverse=True)) + r")\b")  # e.g. state_name0
-    for example in module.train_examples + module.eval_examples:
-        assert not placeholder.search(example.question) and not placeholder.search(example.query)
-    failing = sum(not execute(e.db_path, e.query).ok for e in module.train_examples + module.eval_examples)
+    for example in train + evaluate:
+        assert not placeholder.search(example.meta["question"]) and not placeholder.search(example.target)
+    failing = sum(not execute(e.meta["db_path"], e.target).ok for e in train + evaluate)
     assert failing == 5  # 872 of 877 gold queries execute (text2sql-data's known errors)
     cfg = compose_cfg([f"paths.data_dir={SHARED_DATA}", "data=restaurants"], tmp_path)
-    module = instantiate(cfg.data, _convert_="object")
-    module.load()
-    assert (len(module.train_examples), len(module.eval_examples)) == (340, 38)
+    task = instantiate(cfg.data, _convert_="object").task
+    assert (len(task.load("train")), len(task.load("eval"))) == (340, 38)
 
 
 def test_a_run_scores_extra_benchmarks_and_the_report_lays_them_out_like_kid(data_dir, tmp_path):
@@ -160,19 +186,21 @@ def test_a_run_scores_extra_benchmarks_and_the_report_lays_them_out_like_kid(dat
                      "+benchmark@benchmarks.bird_evidence=bird_evidence"], tmp_path / "cache")
     metrics = json.loads(next(sweep.glob("0*/metrics.json")).read_text())
     assert [b["name"] for b in metrics["benchmarks"]] == ["sqlgen", "spider_dk", "bird", "bird_evidence"]
-    assert metrics["benchmarks"][2] == {"name": "bird", "prefix": "bird", "metrics": ["ex", "em"]}
+    bird = metrics["benchmarks"][2]
+    assert (bird["prefix"], bird["metrics"], bird["settings"]["comparator"]) == ("bird", ["ex"], "bird")
     assert {"eval/ex", "spider_dk/ex", "spider_dk/ts", "bird/ex", "bird_evidence/ex"} <= set(metrics)
-    assert metrics["spider_dk/n"] == N and metrics["bird/n"] == N
+    assert metrics["spider_dk/n"] == metrics["bird/n"] == 8  # data.limit_eval (debug=fdr) applies to every set
     for name in ("spider_dk", "bird", "bird_evidence"):
         lines = next(sweep.glob(f"0*/predictions_{name}.jsonl")).read_text().splitlines()
-        assert len(lines) == N and "ex" in json.loads(lines[0])
+        assert len(lines) == 8 and "ex" in json.loads(lines[0])
 
     report([str(sweep), "--out", str(tmp_path / "out")])
     text = (tmp_path / "out" / "report.md").read_text()
-    assert ("| method | student | teacher | seeds | sqlgen EX | sqlgen TS | spider_dk EX | spider_dk TS | bird EX "
-            "| bird_evidence EX | average | Δ vs sft | step vs sft |") in text
+    assert ("| method | student | teacher | seeds | params | sqlgen EX | sqlgen TS | spider_dk EX | spider_dk TS "
+            "| bird EX | bird_evidence EX | average | Δ vs sft | step (s) | step vs sft |") in text
     rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| kid")}
     assert "kid" in rows and rows["kid"].rstrip(" |").split(" | ")[-1].endswith("x")  # latency vs SFT
+    assert "- bird: comparator bird" in text and "- spider_dk: comparator test_suite" in text
 
 
 def test_a_missing_benchmark_copy_fails_before_training_and_names_the_benchmark(tmp_path):
@@ -180,6 +208,6 @@ def test_a_missing_benchmark_copy_fails_before_training_and_names_the_benchmark(
 
     cfg = compose_cfg(["debug=fdr", "+benchmark@benchmarks.spider_dk=spider_dk",
                        f"paths.data_dir={tmp_path / 'nowhere'}"], tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"benchmark 'spider_dk': .*nowhere.*benchmarks.spider_dk.source.root"):
+    with pytest.raises(FileNotFoundError, match=r"benchmark 'spider_dk': .*nowhere.*benchmarks.spider_dk.source; shared copies: KDLIGHT_DATA"):
         train(cfg)
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing was trained

@@ -7,15 +7,20 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
 from kdlight.cli.train import CONFIG_DIR, train
+from kdlight.data.module import DataSpec
 from kdlight.methods import Method
-from kdlight.models import ModelSpec
+from kdlight.models import Decoding, ModelSpec
+from kdlight.tasks import Task
+from kdlight.training.teacher import StoredTeacherSpec
 from tests.helpers import multirun
 
 CONF = Path(CONFIG_DIR)
@@ -36,28 +41,36 @@ def compose_cfg(overrides: list[str], tmp_path: Path):
     return cfg
 
 
+MANDATORY = {"hf": ["student.path=/models/x"], "stored": ["student.path=/outputs.jsonl"],
+             "jsonl": ["data.task.train_file=a.jsonl", "data.task.eval_file=b.jsonl"]}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g in ("method", "data", "model", "trainer", "logger",
-                                                          "experiment", "debug", "hydra/launcher")
+                                                          "experiment", "debug", "hydra/launcher", "study")
                                           for o in options(g)])
 def test_every_config_composes(group, option, tmp_path):
     key = {"model": "model@student", "hydra/launcher": "hydra/launcher"}.get(group, group)
-    extra = ["student.path=/models/x"] if option == "hf" else []
-    cfg = compose_cfg([f"{key}={option}", *extra], tmp_path)
+    cfg = compose_cfg([f"{key}={option}", *MANDATORY.get(option, [])], tmp_path)
     if group == "method":
         assert isinstance(instantiate(cfg.method, _convert_="object"), Method)
     elif group == "model":
         spec = instantiate(cfg.student)
-        assert isinstance(spec, ModelSpec) and spec.name == option
+        expected = StoredTeacherSpec if option == "stored" else ModelSpec
+        assert isinstance(spec, expected) and spec.name == option
     elif group == "data":
-        assert type(instantiate(cfg.data, _convert_="object")).__name__ == "Text2SQLDataModule"
+        spec = instantiate(cfg.data, _convert_="object")
+        assert isinstance(spec, DataSpec) and isinstance(spec.task, Task) and isinstance(spec.decoding, Decoding)
+        assert spec.task.scorer().table_metrics  # every task declares what its tables show
     elif group == "trainer":
+        arguments = instantiate(cfg.trainer, _convert_="all")
         if option == "cpu":
-            assert instantiate(cfg.trainer, logger=False).max_steps == cfg.trainer.max_steps
+            trainer = L.Trainer(**arguments, logger=False)
+            assert trainer.max_steps == cfg.trainer.max_steps and torch.are_deterministic_algorithms_enabled()
+            torch.use_deterministic_algorithms(False)
         else:
             assert cfg.trainer.accelerator == "gpu" and cfg.trainer.precision == "bf16-mixed"
         if option in ("ddp", "fsdp"):
-            strategy = instantiate(cfg.trainer.strategy)
-            assert type(strategy).__name__ == {"ddp": "DDPStrategy", "fsdp": "FSDPStrategy"}[option]
+            assert type(arguments["strategy"]).__name__ == {"ddp": "DDPStrategy", "fsdp": "FSDPStrategy"}[option]
     elif group == "hydra/launcher":
         assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher")
     elif group == "logger":
@@ -73,6 +86,11 @@ def test_every_config_composes(group, option, tmp_path):
         took_effect = {"fdr": cfg.trainer.get("fast_dev_run") == 2, "limit": cfg.trainer.max_steps == 30,
                        "overfit": cfg.data.limit_train == 32, "profiler": cfg.trainer.get("profiler") == "simple"}
         assert took_effect[option]
+    elif group == "study":
+        from kdlight.pipelines.study import StudyPlan
+
+        plan = StudyPlan.from_config(cfg.study)
+        assert plan.name == option and plan.stages and plan.jobs(tmp_path)
 
 
 def test_slurm_resources_follow_the_trainer(tmp_path):
@@ -99,9 +117,10 @@ def test_every_method_runs_fast_dev_run(overrides, tmp_path):
     metrics = train(cfg)
     run = Path(cfg.paths.output_dir)
     assert metrics["steps"] == 2 and metrics["method"] == cfg.method.name
-    assert metrics["eval/n"] == 8 and 0.0 <= metrics["eval/ex"] <= 100.0
-    assert json.loads((run / "metrics.json").read_text())["eval/ex"] == metrics["eval/ex"]
-    assert len((run / "predictions.jsonl").read_text().splitlines()) == 8
+    assert json.loads((run / "metrics.json").read_text()) == metrics
+    records = [json.loads(line) for line in (run / "predictions.jsonl").read_text().splitlines()]
+    assert metrics["eval/n"] == len(records) == 8 and [r["index"] for r in records] == list(range(8))
+    assert metrics["eval/ex"] == pytest.approx(100 * sum(r["ex"] for r in records) / 8)  # scores = its records
     assert (run / "model" / "config.json").exists() and (run / "model" / "tokenizer_config.json").exists()
     if cfg.method.divergence is not None:
         assert metrics["teacher_params"] > 0
@@ -116,7 +135,7 @@ def test_cli_multirun_writes_one_folder_per_job_and_survives_a_failed_job(tmp_pa
     assert len(finished) == 2 and all("optimizer.lr=0.001" in job for job in finished)
     assert len(failed) == 2 and all("optimizer.lr=-1" in job for job in failed)
     assert "Invalid learning rate" in (sweep / failed[0] / "error.txt").read_text()
-    assert "job failed: ValueError" in done.stderr + done.stdout
+    assert "job failed: ValueError" in done.stderr + done.stdout and "the sweep goes on" in done.stderr + done.stdout
     for job in finished:
         assert (sweep / job / ".hydra" / "config.yaml").exists()
 
@@ -137,7 +156,7 @@ def test_run_logs_its_resolved_config_and_metrics_as_csv(tmp_path):
 
     import yaml
 
-    cfg = compose_cfg(["debug=limit", "trainer.max_steps=4", "data.limit_eval=4", "data.eval_workers=1",
+    cfg = compose_cfg(["debug=limit", "trainer.max_steps=4", "data.limit_eval=4",
                        "method=fkd", "trainer.log_every_n_steps=1"], tmp_path)
     train(cfg)
     run = Path(cfg.paths.output_dir)
@@ -193,7 +212,7 @@ def test_wandb_offline_run_holds_config_tags_metrics_and_is_always_finished(tmp_
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
     cfg = compose_cfg(["logger=wandb", "debug=limit", "trainer.max_steps=3", "data.limit_eval=4",
-                       "data.eval_workers=1", "method=rkd", "trainer.log_every_n_steps=1",
+                       "method=rkd", "trainer.log_every_n_steps=1",
                        *(["optimizer.lr=-1"] if fails else [])], tmp_path)
     if fails:
         with pytest.raises(Exception, match="Invalid learning rate"):
@@ -216,23 +235,19 @@ def test_wandb_offline_run_holds_config_tags_metrics_and_is_always_finished(tmp_
 def test_slurm_requeue_has_one_owner(tmp_path, monkeypatch):
     from lightning.pytorch.plugins.environments import SLURMEnvironment
 
-    from kdlight.cli.train import _plugins
-    from kdlight.training.checkpoint_io import AtomicCheckpointIO
+    from kdlight.config.build import build_run, slurm_plugins
 
     cfg = compose_cfg(["hydra/launcher=slurm"], tmp_path)
     assert cfg.hydra.launcher.max_num_timeout > 0  # the launcher requeues on timeout
-    plugins = _plugins(cfg)
-    assert [type(p) for p in plugins] == [AtomicCheckpointIO]  # not under SLURM: nothing to own
+    assert slurm_plugins(cfg.requeue_owner) == []  # not under SLURM: nothing to own
     for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "kdlight", "SLURM_JOB_ID": "123",
                        "SLURM_NODELIST": "node1", "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
         monkeypatch.setenv(key, value)
-    slurm = [p for p in _plugins(cfg) if isinstance(p, SLURMEnvironment)]
+    slurm = [p for p in build_run(cfg).plugins if isinstance(p, SLURMEnvironment)]
     assert len(slurm) == 1 and slurm[0].auto_requeue is False  # Lightning does not requeue as well
-    cfg = compose_cfg(["requeue_owner=lightning"], tmp_path)
-    assert not [p for p in _plugins(cfg) if isinstance(p, SLURMEnvironment)]  # Lightning's default applies
-    cfg = compose_cfg(["requeue_owner=both"], tmp_path)
-    with pytest.raises(ValueError, match="requeue_owner must be"):
-        _plugins(cfg)
+    assert slurm_plugins("lightning") == []  # Lightning's default applies
+    with pytest.raises(ValueError, match="requeue_owner must be one of"):
+        slurm_plugins("both")
     metrics = train(compose_cfg(["debug=fdr"], tmp_path))  # a run under (simulated) SLURM with the plugin
     assert metrics["steps"] == 2
 

@@ -8,10 +8,11 @@ from collections import Counter
 import pytest
 
 from kdlight.data.batch import collate
-from kdlight.data.spider import PromptParts, SpiderSource, build_prompt, load_examples, load_schemas
-from kdlight.data.sqlgen import GeneratorSpec, ensure_generated
-from kdlight.data.text2sql import Text2SQLDataModule
-from kdlight.eval.sql_execution import execute
+from kdlight.data.module import DataSpec, TaskDataModule
+from kdlight.eval.sql.execution import execute
+from kdlight.tasks.text2sql import Text2SQLTask
+from kdlight.tasks.text2sql.spider import PromptParts, SpiderSource, build_prompt, load_examples, load_schemas
+from kdlight.tasks.text2sql.sqlgen import GeneratorSpec, ensure_generated
 from tests.conftest import SPIDER
 
 
@@ -45,27 +46,28 @@ def test_generated_data_is_spider_format_and_executes(sqlgen_root):
 
 def test_prompt_parts_are_switchable(sqlgen_root):
     examples, _ = load_examples(SpiderSource(str(sqlgen_root)), "dev.json", PromptParts())
-    example = examples[0]
-    schema = load_schemas(sqlgen_root / "tables.json")[example.db_id]
-    full = build_prompt(schema, example.question, example.db_path, PromptParts())
-    assert full.startswith("database schema :\ntable ") and full.endswith(example.question + "\n")
+    meta = examples[0].meta
+    schema = load_schemas(sqlgen_root / "tables.json")[meta["db_id"]]
+    full = build_prompt(schema, meta["question"], meta["db_path"], PromptParts())
+    assert full == examples[0].prompt
+    assert full.startswith("database schema :\ntable ") and full.endswith(meta["question"] + "\n")
     assert "primary key" in full and "foreign keys :" in full and "values :" in full
-    bare = build_prompt(schema, example.question, example.db_path,
+    bare = build_prompt(schema, meta["question"], meta["db_path"],
                         PromptParts(column_types=False, primary_keys=False, sample_values=False,
                                     foreign_keys=False, matched_contents=False))
     assert "primary key" not in bare and "foreign keys" not in bare and "values :" not in bare
     assert "( " not in bare and len(bare) < len(full)
-    no_schema = build_prompt(schema, example.question, example.db_path, PromptParts(schema=False))
+    no_schema = build_prompt(schema, meta["question"], meta["db_path"], PromptParts(schema=False))
     assert "table " not in no_schema and "foreign keys" not in no_schema and "database schema" not in no_schema
-    assert no_schema.endswith(example.question + "\n") and no_schema in full  # the tail of the full prompt
+    assert no_schema.endswith(meta["question"] + "\n") and no_schema in full  # the tail of the full prompt
 
 
 def test_matched_contents_name_values_found_in_the_question(sqlgen_root):
     examples, _ = load_examples(SpiderSource(str(sqlgen_root)), "train.json", PromptParts())
-    with_text_filter = [e for e in examples if "= '" in e.query]
+    with_text_filter = [e for e in examples if "= '" in e.target]
     assert with_text_filter
     for example in with_text_filter[:10]:
-        value = example.query.split("= '")[1].split("'")[0]
+        value = example.target.split("= '")[1].split("'")[0]
         assert "matched contents :" in example.prompt and f"( {value} )" in example.prompt
 
 
@@ -78,7 +80,7 @@ def test_loader_reports_missing_databases_and_unknown_schemas(sqlgen_root, tmp_p
     examples, report = load_examples(SpiderSource(str(tmp_path)), "dev.json", PromptParts())
     assert report.n_examples == 4 and len(examples) == 4
     assert report.missing_schema == {"not_in_tables": 1}
-    assert sum(report.missing_database.values()) == 4 and all(e.db_path is None for e in examples)
+    assert sum(report.missing_database.values()) == 4 and all(e.meta["db_path"] is None for e in examples)
     assert "4 without a database" in report.summary() and "not_in_tables" in report.summary()
 
 
@@ -90,32 +92,35 @@ def test_loader_names_the_file_and_key_on_bad_input(sqlgen_root, tmp_path):
     (tmp_path / "dev.json").write_text('[{"db_id": 1,\n oops}]')
     with pytest.raises(ValueError, match=r"dev.json: not valid JSON \(line 2\)"):
         load_examples(SpiderSource(str(tmp_path)), "dev.json", PromptParts())
-    with pytest.raises(FileNotFoundError, match="data.source.root"):
+    with pytest.raises(FileNotFoundError, match="source.root must point at your copy"):
         SpiderSource(str(tmp_path / "nowhere")).resolve()
 
 
-def test_batches_put_loss_on_sql_tokens_only(sqlgen_root, tokenizer):
-    dm = Text2SQLDataModule(SpiderSource(str(sqlgen_root)), PromptParts(sample_values=False), batch_size=4,
-                            max_prompt_tokens=64)
+def test_batches_put_loss_on_sql_tokens_only(sqlgen_root, tokenizer, caplog):
+    task = Text2SQLTask(SpiderSource(str(sqlgen_root)), PromptParts(sample_values=False))
+    dm = TaskDataModule(DataSpec(task, batch_size=4, max_prompt_tokens=64), "sqlgen")
     dm.connect(tokenizer)
     dm.setup()
     batch = next(iter(dm.train_dataloader()))
+    assert batch.labeled.all()
     for i in range(batch.size):
         target = batch.target_ids[i][batch.target_mask[i].bool()].tolist()
         assert target[-1] == tokenizer.eos_token_id
         example = dm.train_examples[int(batch.index[i])]
-        assert tokenizer.decode(target, skip_special_tokens=True) == example.query  # exactly the SQL
+        assert tokenizer.decode(target, skip_special_tokens=True) == example.target  # exactly the SQL
         prompt = batch.prompt_ids[i][batch.prompt_mask[i].bool()].tolist()
         assert len(prompt) <= 64  # long prompts lose their start, keep the question
-        assert tokenizer.decode(prompt, skip_special_tokens=True).endswith(example.question + "\n")
+        assert tokenizer.decode(prompt, skip_special_tokens=True).endswith(example.meta["question"] + "\n")
+    assert "train: 200 of 200 prompts cut to 64 tokens" in caplog.text  # every cut is counted and logged
 
 
 def test_collate_pads_prompts_left_and_targets_right():
-    batch = collate([[5, 6, 7], [8]], [[9, 2], [10, 11, 2]], [0, 1], pad_id=0)
-    assert batch.prompt_ids.tolist() == [[5, 6, 7], [0, 0, 8]]
-    assert batch.prompt_mask.tolist() == [[1, 1, 1], [0, 0, 1]]
-    assert batch.target_ids.tolist() == [[9, 2, 0], [10, 11, 2]]
-    assert batch.target_mask.tolist() == [[1, 1, 0], [1, 1, 1]]
+    batch = collate([[5, 6, 7], [8], [4]], [[9, 2], [10, 11, 2], None], [0, 1, 2], pad_id=0)
+    assert batch.prompt_ids.tolist() == [[5, 6, 7], [0, 0, 8], [0, 0, 4]]
+    assert batch.prompt_mask.tolist() == [[1, 1, 1], [0, 0, 1], [0, 0, 1]]
+    assert batch.target_ids.tolist() == [[9, 2, 0], [10, 11, 2], [0, 0, 0]]
+    assert batch.target_mask.tolist() == [[1, 1, 0], [1, 1, 1], [0, 0, 0]]  # an unlabeled input: no target
+    assert batch.labeled.tolist() == [True, True, False]
 
 
 spider = pytest.mark.skipif(not SPIDER.exists(), reason="real Spider copy not available (../shared/data)")
@@ -136,10 +141,10 @@ def test_real_spider_loads_and_reports_missing_databases():
 @spider
 def test_every_real_spider_dev_gold_query_with_a_database_executes():
     dev, _ = load_examples(SpiderSource(str(SPIDER)), "dev.json", PromptParts(sample_values=False, matched_contents=False))
-    failures = [(e.db_id, e.query, r.error) for e in dev if e.db_path is not None
-                for r in [execute(e.db_path, e.query, timeout_s=10)] if not r.ok]
+    failures = [(e.meta["db_id"], e.target, r.error) for e in dev if e.meta["db_path"] is not None
+                for r in [execute(e.meta["db_path"], e.target, timeout_s=10)] if not r.ok]
     assert failures == []
-    assert sum(e.db_path is not None for e in dev) == 972
+    assert sum(e.meta["db_path"] is not None for e in dev) == 972
 
 
 @spider

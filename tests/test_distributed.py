@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from kdlight.data.text2sql import _collate
+from kdlight.data.module import _collate
 from kdlight.losses import ReverseKL
 from kdlight.methods import GoldSequences, Method
 from kdlight.training.module import DistillationModule, LoopOptions
@@ -87,19 +87,40 @@ def test_two_process_ddp_matches_one_process_and_its_checkpoint_reloads(tokenize
 
 
 def test_epoch_sampler_shards_global_batches_and_resumes():
-    from kdlight.data.resumable import EpochBatchSampler
+    from torchdata.stateful_dataloader import StatefulDataLoader
 
-    ranks = [EpochBatchSampler(21, 4, seed=3, epoch=lambda: 1, rank=lambda r=r: (r, 2)) for r in range(2)]
-    batches = [list(s) for s in ranks]
-    assert [len(b) for b in batches] == [2, 2]  # 21 examples, global batch 8: only complete ones
-    for a, b in zip(*batches):
-        assert len(a) == len(b) == 4 and not set(a) & set(b)
-    single = EpochBatchSampler(21, 4, seed=3, epoch=lambda: 1)
-    full = list(single)
-    assert [len(b) for b in full] == [4, 4, 4, 4, 4, 1] and sorted(sum(full, [])) == list(range(21))
-    assert full != list(EpochBatchSampler(21, 4, seed=3, epoch=lambda: 2))  # a new order each epoch
-    single.skip = 4
-    assert list(single) == full[4:] and list(single) == full  # the skip applies once, after a resume
+    from kdlight.data.sampler import EpochSampler, epoch_order
+
+    def batches(sampler: EpochSampler) -> list[list[int]]:
+        return [b.tolist() for b in StatefulDataLoader(list(range(21)), sampler=sampler, batch_size=4)]
+
+    ranks = [EpochSampler(21, 4, seed=3, rank=r, world_size=2) for r in range(2)]
+    for sampler in ranks:
+        sampler.set_epoch(1)
+    a, b = batches(ranks[0]), batches(ranks[1])
+    assert [len(x) for x in (a, b)] == [2, 2]  # 21 examples, global batch 8: only complete ones
+    order = epoch_order(21, 3, 1)
+    assert a[0] + b[0] + a[1] + b[1] == order[:16]  # rank r takes its slice of each global batch
+    single = EpochSampler(21, 4, seed=3)
+    single.set_epoch(1)
+    full = batches(single)
+    assert [len(x) for x in full] == [4, 4, 4, 4, 4, 1] and sum(full, []) == order
+    single.set_epoch(2)
+    assert batches(single) != full  # a new order each epoch
+    # Interrupted after 2 batches, the loader's state (what Lightning checkpoints) resumes at the third.
+    single.set_epoch(1)
+    loader = StatefulDataLoader(list(range(21)), sampler=single, batch_size=4)
+    it = iter(loader)
+    assert [next(it).tolist() for _ in range(2)] == full[:2]
+    state = loader.state_dict()
+    fresh = EpochSampler(21, 4, seed=3)
+    resumed = StatefulDataLoader(list(range(21)), sampler=fresh, batch_size=4)
+    resumed.load_state_dict(state)
+    assert [x.tolist() for x in resumed] == full[2:]
+    fresh.set_epoch(2)  # the next epoch starts from its beginning
+    second = EpochSampler(21, 4, seed=3)
+    second.set_epoch(2)
+    assert [x.tolist() for x in resumed] == batches(second)
 
 
 @pytest.mark.parametrize("placement", ["replicate", "shard"])
@@ -109,17 +130,20 @@ def test_ddp_ranks_share_the_teacher_output_generation(sqlgen_root, tokenizer, t
     forward is collective); rank 0 caches the union, which equals what one process decodes."""
     import json
 
-    from kdlight.data.spider import PromptParts, SpiderSource
-    from kdlight.data.text2sql import Text2SQLDataModule
-    from kdlight.methods.teacher_outputs import Prompts, TeacherOutputs
+    from kdlight.data.module import DataSpec, TaskDataModule
+    from kdlight.methods.base import PrepareContext
+    from kdlight.methods.teacher_outputs import TeacherOutputs
+    from kdlight.models import Decoding
+    from kdlight.tasks.text2sql import PromptParts, SpiderSource, Text2SQLTask
+    from kdlight.training.teacher import LiveTeacher
 
     n = 11  # odd, so the shares differ by one prompt
-    dm = Text2SQLDataModule(SpiderSource(str(sqlgen_root)), PromptParts(sample_values=False), batch_size=2,
-                            max_prompt_tokens=64, limit_train=n, limit_eval=2)
+    task = Text2SQLTask(SpiderSource(str(sqlgen_root)), PromptParts(sample_values=False))
+    dm = TaskDataModule(DataSpec(task, batch_size=2, max_prompt_tokens=64, limit_train=n, limit_eval=2), "sqlgen")
     dm.connect(tokenizer)
     dm.setup()
     teacher = tiny_model(tokenizer, seed=1)
-    source = TeacherOutputs(str(tmp_path / "ddp"), max_new_tokens=6, batch_size=3)
+    source = TeacherOutputs(str(tmp_path / "ddp"), Decoding(max_new_tokens=6), batch_size=3)
     method = Method("seqkd", source, None, ce_weight=1.0, kd_weight=0.0, ce_on="sequences")
     module = DistillationModule(tiny_model(tokenizer, seed=0), method, tokenizer, len(tokenizer),
                                 partial(torch.optim.SGD, lr=0.1),
@@ -129,7 +153,9 @@ def test_ddp_ranks_share_the_teacher_output_generation(sqlgen_root, tokenizer, t
                                   enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
                                   use_distributed_sampler=False, default_root_dir=tmp_path),
                 module, datamodule=dm)
-    cached = json.loads(next((tmp_path / "ddp" / "teacher_outputs").glob("*.json")).read_text())["outputs"]
-    alone = TeacherOutputs(str(tmp_path / "one"), max_new_tokens=6, batch_size=3)
-    alone.prepare(Prompts(dm.train_prompts(), tiny_model(tokenizer, seed=1), tokenizer, len(tokenizer)))
-    assert {int(i): v for i, v in cached.items()} == alone.outputs and len(alone.outputs) == n
+    lines = next((tmp_path / "ddp" / "teacher_outputs").glob("*.jsonl")).read_text().splitlines()[1:]
+    cached = {json.loads(line)["prompt"]: json.loads(line)["outputs"][0]["ids"] for line in lines}
+    alone = TeacherOutputs(str(tmp_path / "one"), Decoding(max_new_tokens=6), batch_size=3)
+    prompts = dm.train_prompts()
+    alone.prepare(PrepareContext(prompts, LiveTeacher(tiny_model(tokenizer, seed=1)), tokenizer, len(tokenizer)))
+    assert [cached[p.text] for p in prompts] == alone.lookup(list(range(n))) and len(cached) == n

@@ -7,7 +7,7 @@ import torch
 
 from kdlight.data.batch import collate
 from kdlight.data.tokenizer import train_tokenizer
-from kdlight.models import ModelSpec, build_model, generate, target_logits
+from kdlight.models import Decoding, ModelSpec, build_model, generate, target_logits
 from kdlight.models.build import save_model
 from kdlight.models.vocab import ModelVocab, VocabularyMismatch, shared_vocab_size
 from tests.helpers import tiny_model, toy_batches
@@ -49,7 +49,7 @@ def test_generate_is_greedy_with_cache_and_stops_at_eos(tokenizer, family):
     model = tiny_model(tokenizer, family, pad_multiple=64).eval()
     batch = toy_batches(tokenizer, n=3)[0]
     vocab = len(tokenizer)
-    outputs = generate(model, batch, max_new_tokens=5, eos_id=tokenizer.eos_token_id, vocab_size=vocab)
+    outputs = generate(model, batch, Decoding(max_new_tokens=5), tokenizer.eos_token_id, tokenizer.pad_token_id, vocab)
     for i, produced in enumerate(outputs):
         assert 1 <= len(produced) <= 5 and all(t < vocab for t in produced)
         assert tokenizer.eos_token_id not in produced[:-1]

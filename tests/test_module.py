@@ -11,11 +11,13 @@ import torch
 from kdlight.losses import (ForwardKL, GeneralizedJSD, JensenShannon, ReverseKL, SkewForwardKL, SkewReverseKL,
                             TotalVariation)
 from kdlight.methods import GoldSequences, Method
-from kdlight.models.lm import generate, target_logits
+from kdlight.models import Decoding, generate, target_logits
 from kdlight.training.module import DistillationModule, LoopOptions
+from kdlight.training.objective import loss_terms
 from tests.helpers import cpu_trainer, loader, tiny_model, toy_batches
 
-NO_CLIP = LoopOptions(grad_clip=None, warmup_steps=1, min_lr_ratio=1.0, max_new_tokens=6)
+NO_CLIP = LoopOptions(grad_clip=None, warmup_steps=1, min_lr_ratio=1.0)
+GREEDY_6 = Decoding(max_new_tokens=6)
 
 
 def rkd(ce_weight: float = 1.0) -> Method:
@@ -61,10 +63,11 @@ def test_checkpoint_reloads_with_identical_predictions(tokenizer, tmp_path):
 
     fresh = make_module(tokenizer, rkd())  # different (untrained) student weights
     batch = batches[0]
-    before = generate(fresh.student.eval(), batch, 6, tokenizer.eos_token_id, len(tokenizer))
+    ids = (tokenizer.eos_token_id, tokenizer.pad_token_id, len(tokenizer))
+    before = generate(fresh.student.eval(), batch, GREEDY_6, *ids)
     fresh.load_state_dict(torch.load(tmp_path / "last.ckpt", weights_only=False)["state_dict"])
-    expected = generate(module.student.eval(), batch, 6, tokenizer.eos_token_id, len(tokenizer))
-    reloaded = generate(fresh.student.eval(), batch, 6, tokenizer.eos_token_id, len(tokenizer))
+    expected = generate(module.student.eval(), batch, GREEDY_6, *ids)
+    reloaded = generate(fresh.student.eval(), batch, GREEDY_6, *ids)
     assert reloaded == expected and before != expected
     torch.testing.assert_close(target_logits(fresh.student, batch), target_logits(module.student, batch))
 
@@ -93,20 +96,35 @@ def test_micro_batches_give_the_same_update_as_one_batch(tokenizer, tmp_path, me
         torch.testing.assert_close(split[name], whole[name], rtol=1e-4, atol=1e-7)
 
 
-def test_loss_is_sum_over_tokens_divided_by_global_count(tokenizer):
-    """The loss the loop optimises equals a hand computation on the whole batch."""
+def test_loss_terms_are_sums_over_target_tokens(tokenizer):
+    """Each term of the loss equals a hand computation in float64 on the whole batch."""
     module = make_module(tokenizer, rkd(ce_weight=0.5))
     batch = toy_batches(tokenizer)[0]
-    terms = module._loss_terms(batch, batch, same=True)
+    terms = loss_terms(module.method, module.student, module.teacher, batch, batch, len(tokenizer))
     mask = batch.target_mask.bool()
-    n = int(mask.sum())
     s = target_logits(module.student, batch)[mask].double()
     t = target_logits(module.teacher.model, batch, len(tokenizer))[mask].double()
     ce = torch.nn.functional.cross_entropy(s, batch.target_ids[mask], reduction="sum")
     rkl = (s.softmax(-1) * (s.log_softmax(-1) - t.log_softmax(-1))).sum()
     assert set(terms) == {"ce", "kd_rkl"}
-    assert float(terms["ce"][0].detach()) / n == pytest.approx(float(ce.detach()) / n, rel=1e-5) and terms["ce"][1] == 0.5
-    assert float(terms["kd_rkl"][0].detach()) / n == pytest.approx(float(rkl.detach()) / n, rel=1e-4)
+    assert float(terms["ce"].total.detach()) == pytest.approx(float(ce.detach()), rel=1e-5)
+    assert float(terms["kd_rkl"].total.detach()) == pytest.approx(float(rkl.detach()), rel=1e-4)
+    assert (terms["ce"].weight, terms["kd_rkl"].weight) == (0.5, 1.0)
+
+
+def test_the_step_loss_is_each_term_divided_by_the_global_token_count(tokenizer, tmp_path):
+    """What one step logs (and optimises) is sum / number of target tokens, weighted and added."""
+    method = rkd(ce_weight=0.5)
+    module = make_module(tokenizer, method)
+    batch = toy_batches(tokenizer)[0]
+    terms = loss_terms(method, module.student, module.teacher, batch, batch, len(tokenizer))  # before the step
+    n = float(batch.target_mask.sum())
+    cpu_trainer(tmp_path, max_steps=1).fit(module, train_dataloaders=loader([batch]))
+    logged = module.trainer.callback_metrics
+    assert float(logged["train/ce"]) == pytest.approx(float(terms["ce"].total.detach()) / n, rel=1e-5)
+    assert float(logged["train/kd_rkl"]) == pytest.approx(float(terms["kd_rkl"].total.detach()) / n, rel=1e-5)
+    assert float(logged["train/loss"]) == pytest.approx(0.5 * float(logged["train/ce"]) + float(logged["train/kd_rkl"]),
+                                                        rel=1e-6)
 
 
 def test_method_needing_a_teacher_without_one_is_refused(tokenizer):

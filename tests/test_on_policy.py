@@ -8,9 +8,12 @@ import torch
 from kdlight.losses import GeneralizedJSD
 from kdlight.methods import GoldSequences, Method, StepContext
 from kdlight.methods.on_policy import StudentSamples
-from kdlight.models.lm import generate
-from tests.helpers import tiny_model, toy_batches
+from kdlight.models import Decoding, generate
+from kdlight.training.objective import loss_terms
+from tests.helpers import cpu_trainer, loader, tiny_model, toy_batches
 from tests.test_module import make_module
+
+SAMPLE_6 = Decoding("sample", max_new_tokens=6)
 
 
 def context(tokenizer, student, seed=0):
@@ -23,18 +26,19 @@ def test_lambda_zero_is_the_gold_sequence_method(tokenizer):
     batch = toy_batches(tokenizer)[0]
     for step in range(5):  # never replaced, whatever the draws
         assert gkd.method.source.sequences(batch, context(tokenizer, gkd.student, seed=step)) is batch
-    a, b = gkd._loss_terms(batch, batch, same=True), gold_method._loss_terms(batch, batch, same=True)
-    assert {k: float(v[0].detach()) for k, v in a.items()} == {k: float(v[0].detach()) for k, v in b.items()}
+    a = loss_terms(gkd.method, gkd.student, gkd.teacher, batch, batch, len(tokenizer))
+    b = loss_terms(gold_method.method, gold_method.student, gold_method.teacher, batch, batch, len(tokenizer))
+    assert {k: float(v.total.detach()) for k, v in a.items()} == {k: float(v.total.detach()) for k, v in b.items()}
 
 
 def test_lambda_one_replaces_every_target_with_student_samples_and_keeps_prompts(tokenizer):
     student = tiny_model(tokenizer, seed=2)
-    source, batch = StudentSamples(lam=1.0, max_new_tokens=6), toy_batches(tokenizer)[0]
+    source, batch = StudentSamples(lam=1.0, decoding=SAMPLE_6), toy_batches(tokenizer)[0]
     ctx = context(tokenizer, student)
     torch.manual_seed(11)
     replaced = source.sequences(batch, ctx)
     torch.manual_seed(11)
-    expected = generate(student.eval(), batch, 6, tokenizer.eos_token_id, len(tokenizer), do_sample=True)
+    expected = generate(student.eval(), batch, SAMPLE_6, tokenizer.eos_token_id, tokenizer.pad_token_id, len(tokenizer))
     assert replaced.targets() == expected and replaced.targets() != batch.targets()
     assert torch.equal(replaced.prompt_ids, batch.prompt_ids) and torch.equal(replaced.prompt_mask, batch.prompt_mask)
     assert ctx.timings["generation_s"] > 0  # reported apart from the loss step
@@ -43,7 +47,7 @@ def test_lambda_one_replaces_every_target_with_student_samples_and_keeps_prompts
 def test_per_example_mixes_gold_and_samples(tokenizer):
     student = tiny_model(tokenizer, seed=2)
     batch = toy_batches(tokenizer, n=16)[0]
-    out = StudentSamples(lam=0.5, per="example", max_new_tokens=6).sequences(batch, context(tokenizer, student))
+    out = StudentSamples(lam=0.5, per="example", decoding=SAMPLE_6).sequences(batch, context(tokenizer, student))
     kept = [a == b for a, b in zip(out.targets(), batch.targets())]
     assert 0 < sum(kept) < batch.size  # some gold, some samples in one batch
     assert torch.equal(out.prompt_ids, batch.prompt_ids)
@@ -54,7 +58,7 @@ def test_per_batch_replaces_all_or_nothing(tokenizer):
     batch = toy_batches(tokenizer, n=8)[0]
     outcomes = set()
     for seed in range(8):
-        out = StudentSamples(lam=0.5, max_new_tokens=6).sequences(batch, context(tokenizer, student, seed))
+        out = StudentSamples(lam=0.5, decoding=SAMPLE_6).sequences(batch, context(tokenizer, student, seed))
         kept = [a == b for a, b in zip(out.targets(), batch.targets())]
         assert all(kept) or not any(kept)
         outcomes.add(all(kept))
@@ -66,3 +70,14 @@ def test_bad_options_are_refused():
         StudentSamples(lam=2.0)
     with pytest.raises(ValueError, match="per in"):
         StudentSamples(per="token")
+
+
+def test_gkd_with_lambda_one_fits_with_a_plain_dataloader(tokenizer, tmp_path):
+    """Only student samples, nothing precomputed: no data module with training prompts is needed."""
+    method = Method("gkd", StudentSamples(lam=1.0, decoding=SAMPLE_6), GeneralizedJSD(beta=0.5), ce_weight=0.0)
+    assert not method.source.needs_preparation and method.source.covers_unlabeled
+    module = make_module(tokenizer, method)
+    before = {n: p.detach().clone() for n, p in module.student.named_parameters()}
+    cpu_trainer(tmp_path, max_steps=2).fit(module, train_dataloaders=loader(toy_batches(tokenizer)))
+    assert module.global_step == 2 and float(module.trainer.callback_metrics["train/generation_s"]) > 0
+    assert any(not torch.equal(p, before[n]) for n, p in module.student.named_parameters())

@@ -1,17 +1,22 @@
-"""`kdlight-report` on real sweep folders: seeds aggregated, baseline deltas, failed and missing jobs."""
+"""`kdlight-report` on real sweep folders: seeds aggregated, baseline deltas, what each benchmark
+was scored with, failed and missing runs, paired tests; unrelated runs are never merged."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from kdlight.cli.report import main as report
-from kdlight.report.paired import mcnemar
+from kdlight.report.paired import mcnemar, permutation
+from kdlight.report.table import aggregate
 from tests.helpers import multirun
 
 
@@ -29,9 +34,12 @@ def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, cap
     report([str(main_sweep), str(broken), "--metrics", "eval/ex,val/ce", "--out", str(tmp_path / "out"),
             "--paired", "rkd:sft"])
     text = (tmp_path / "out" / "report.md").read_text()
-    assert "| method | student | teacher | seeds | sqlgen EX | sqlgen CE | average | Δ vs sft | step vs sft |" in text
+    head = ("| method | student | teacher | seeds | params | sqlgen EX | sqlgen val/ce | average | Δ vs sft | step (s) "
+            "| step vs sft |")
+    assert head in text
     assert "4 finished runs; 1 failed" in text and "Invalid learning rate" in text
     assert "1 missing" in text and "9_killed" in text
+    assert "- sqlgen: comparator test_suite, max_rows 100000, timeout_s 5.0" in text  # how it was scored
     assert (tmp_path / "out" / "report.png").read_bytes()[:4] == b"\x89PNG"
 
     runs = [json.loads(p.read_text()) for p in main_sweep.glob("*/metrics.json")]
@@ -40,11 +48,12 @@ def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, cap
     for method in ("sft", "rkd"):
         ce = [r["val/ce"] for r in runs if r["method"] == method]
         assert ce[0] != ce[1]  # the seeds really differ, so mean and spread are informative
-        assert float(rows[method]["sqlgen CE mean"]) == pytest.approx(statistics.fmean(ce))
-        assert float(rows[method]["sqlgen CE std"]) == pytest.approx(statistics.stdev(ce))
+        assert float(rows[method]["sqlgen val/ce mean"]) == pytest.approx(statistics.fmean(ce))
+        assert float(rows[method]["sqlgen val/ce std"]) == pytest.approx(statistics.stdev(ce))
+    steps = {m: statistics.fmean(r["step_time_s"] for r in runs if r["method"] == m) for m in ("sft", "rkd")}
+    assert float(rows["rkd"]["relative_step"]) == pytest.approx(steps["rkd"] / steps["sft"])
     assert float(rows["sft"]["relative_step"]) == pytest.approx(1.0)
-    assert float(rows["rkd"]["relative_step"]) > 1.0  # a teacher forward on top of the student's step
-    average = lambda m: (float(rows[m]["sqlgen EX mean"]) + float(rows[m]["sqlgen CE mean"])) / 2  # noqa: E731
+    average = lambda m: (float(rows[m]["sqlgen EX mean"]) + float(rows[m]["sqlgen val/ce mean"])) / 2  # noqa: E731
     assert float(rows["rkd"]["delta"]) == pytest.approx(average("rkd") - average("sft"))
     assert "written:" in capsys.readouterr().out
 
@@ -58,7 +67,48 @@ def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, cap
     only_rkd = sum(a and not b for s in (0, 1) for a, b in zip(outcome[("rkd", s)], outcome[("sft", s)]))
     only_sft = sum(b and not a for s in (0, 1) for a, b in zip(outcome[("rkd", s)], outcome[("sft", s)]))
     n = len(outcome[("rkd", 0)]) * 2
-    assert f"| rkd | sft | sqlgen | llama-xs | llama-m | 2 | {n} | {only_rkd} | {only_sft} |" in text
+    assert f"| rkd | sft | sqlgen | EX | llama-xs | llama-m | 2 | {n} | {only_rkd} | {only_sft} |" in text
+
+
+def test_the_default_columns_are_what_each_scorer_declares(tmp_path):
+    run = sweep(tmp_path, "one", ["method=sft"])
+    report([str(run), "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| sqlgen EX | sqlgen TS | average |" in text  # text-to-SQL declares EX and TS (EM not shown)
+
+
+def fake_run(folder: Path, method: str, seed: int, ex: float, overrides: list[str], step: float = 1.0) -> dict:
+    return {"method": method, "label": method, "stage": "student", "model": "llama-xs", "teacher": None,
+            "data": "sqlgen", "seed": seed, "params": 10, "step_time_s": step, "eval/ex": ex, "folder": str(folder),
+            "benchmarks": [{"name": "sqlgen", "prefix": "eval", "metrics": ["ex"]}], "overrides": overrides}
+
+
+def test_runs_that_share_method_and_model_but_differ_in_settings_are_separate_rows(tmp_path):
+    runs = [fake_run(tmp_path, "sft", 0, 10.0, ["method=sft", "seed=0", "optimizer.lr=0.001", "data.limit_eval=8"]),
+            fake_run(tmp_path, "sft", 1, 20.0, ["method=sft", "seed=1", "optimizer.lr=0.001", "data.limit_eval=8"]),
+            fake_run(tmp_path, "sft", 0, 50.0, ["method=sft", "seed=0", "optimizer.lr=0.01",
+                                                "student.path=/x/model"])]
+    _, rows = aggregate(runs, None, "sft")
+    by_label = {r["method"]: r for r in rows}
+    assert set(by_label) == {"sft [optimizer.lr=0.001]", "sft [optimizer.lr=0.01]"}  # only what differs
+    assert by_label["sft [optimizer.lr=0.001]"]["sqlgen EX"].mean == 15.0
+    assert by_label["sft [optimizer.lr=0.001]"]["seeds"] == 2 and by_label["sft [optimizer.lr=0.01]"]["seeds"] == 1
+    teacher = {**fake_run(tmp_path, "sft", 0, 80.0, ["method=sft"]), "stage": "teacher"}
+    _, rows = aggregate([runs[0], teacher], None, "sft")
+    assert len(rows) == 2  # a teacher fine-tuned with SFT is not a seed of the SFT student
+
+
+def test_a_failed_single_run_is_listed_as_failed_not_as_running(tmp_path):
+    folder = tmp_path / "run"
+    done = subprocess.run([sys.executable, "-m", "kdlight.cli.train", "debug=fdr", "optimizer.lr=-1",
+                           f"hydra.run.dir={folder}"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "KDLIGHT_CACHE": str(tmp_path / "cache")})
+    assert done.returncode != 0 and "Invalid learning rate" in done.stderr
+    assert "Invalid learning rate" in (folder / "error.txt").read_text()
+    ok = sweep(tmp_path, "ok", ["method=sft"])
+    report([str(ok), str(folder), "--out", str(tmp_path / "out")])
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "1 failed" in text and str(folder) in text and "missing" not in text
 
 
 def test_mcnemar_exact_p_value():
@@ -68,11 +118,20 @@ def test_mcnemar_exact_p_value():
     test = mcnemar(a, b)
     assert (test.n, test.only_a, test.only_b) == (20, 10, 2)
     assert test.p_value == pytest.approx(2 * (1 + 12 + 66) / 4096)
-    assert (test.acc_a, test.acc_b) == (75.0, 35.0)
+    assert (test.score_a, test.score_b) == (75.0, 35.0)
     assert mcnemar(b, a).p_value == test.p_value and mcnemar(a, a).p_value == 1.0
     assert mcnemar([True] * 3, [False] * 3).p_value == pytest.approx(0.25)
     with pytest.raises(ValueError, match="same length"):
         mcnemar([True], [True, False])
+
+
+def test_paired_permutation_test_on_scores():
+    better = [0.5 + 0.1 * (i % 3) for i in range(40)]
+    worse = [x - 0.2 for x in better]
+    assert permutation(better, worse).p_value < 0.001  # a consistent difference
+    assert permutation(better, better).p_value == 1.0  # no difference at all
+    mixed = permutation([1.0, 0.0] * 20, [0.0, 1.0] * 20)
+    assert mixed.p_value > 0.5 and (mixed.only_a, mixed.only_b) == (20, 20)
 
 
 def test_report_without_finished_runs_is_a_clear_error(tmp_path):

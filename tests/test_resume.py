@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-SETTINGS = ["method=sft", "data.limit_train=64", "data.batch_size=8", "data.limit_eval=8", "data.eval_workers=1",
-            "trainer.max_steps=40", "trainer.val_check_interval=20", "callbacks.checkpoint.every_n_train_steps=5",
-            "loop.warmup_steps=2", "loop.max_new_tokens=16", "threads=1"]
+SETTINGS = ["method=sft", "data.limit_train=64", "data.batch_size=8", "data.limit_eval=8",
+            "trainer.max_steps=40", "trainer.val_check_interval=20", "checkpoint_every_n_steps=5",
+            "loop.warmup_steps=2", "data.decoding.max_new_tokens=16", "threads=1"]
 
 
 def command(folder: Path) -> list[str]:

@@ -1,1 +1,1 @@
-"""Console entry points: the only code that reads Hydra configs."""
+"""Console entry points (thin: a Hydra config becomes typed components in `kdlight.config`)."""

@@ -1,1 +1,1 @@
-"""Datasets, prompts, tokenizers and the batch layout shared by every method."""
+"""Examples, batches, the one data module for every task (tokenise, collate, resumable loaders), tokenizers."""

@@ -7,12 +7,15 @@ which matters for SQL: decoding must give back the query the model wrote.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import logging
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+log = logging.getLogger(__name__)
 
 MASK_TOKEN = "<mask>"
 SPECIAL_TOKENS = {"pad_token": "<pad>", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
@@ -65,3 +68,19 @@ def has_tokenizer(path: str | Path | None) -> bool:
 
 def describe(tokenizer: PreTrainedTokenizerBase) -> str:
     return f"{tokenizer.name_or_path or type(tokenizer).__name__} ({len(tokenizer)} tokens)"
+
+
+def resolve_tokenizer(spec: TokenizerSpec, model_paths: Sequence[str | None], training_texts: Iterable[str],
+                      save_dir: Path) -> PreTrainedTokenizerBase:
+    """An explicit tokenizer path; else the one saved with a model we start from (in the order
+    given); else a byte-level BPE trained on the training text and saved to `save_dir`."""
+    if spec.path is not None:
+        return load_tokenizer(spec.path)
+    for path in model_paths:
+        if has_tokenizer(path):
+            log.info(f"using the tokenizer saved with the model at {path}")
+            return load_tokenizer(path)
+    log.info(f"training a byte-level BPE tokenizer ({spec.vocab_size} tokens) on the training text")
+    tokenizer = train_tokenizer(training_texts, spec.vocab_size, spec.split_digits)
+    tokenizer.save_pretrained(save_dir)
+    return load_tokenizer(save_dir)  # reload so name_or_path points at the saved copy

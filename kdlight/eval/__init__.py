@@ -1,4 +1,4 @@
-"""Evaluation: safe SQL execution, result comparators, exact match and the text-to-SQL scorer.
+"""Scorers: decoded predictions in, metrics and per-example records out (SQL execution, text match).
 
-This package imports no torch, so the scorer's worker processes start quickly.
+This package imports no torch, so the SQL scorer's worker processes start quickly.
 """

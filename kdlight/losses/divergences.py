@@ -1,4 +1,4 @@
-"""Divergences between teacher p and student q at each target position (METHODS.md §2).
+"""Divergences between teacher p and student q at each target position (docs/methods.md, "Divergences").
 
 Every function maps student and teacher logits for N selected positions, `[N, V]` each, to one
 value per position, `[N]` (fp32). Conventions shared by all of them:

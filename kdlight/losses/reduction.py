@@ -2,7 +2,7 @@
 
 Losses are summed here and divided by the global number of target tokens of the optimisation step
 (across micro-batches and ranks) by the training module, so gradient accumulation and DDP give the
-same result as one big batch (METHODS.md, Notation).
+same result as one big batch (docs/methods.md, "Normalisation").
 """
 
 from __future__ import annotations

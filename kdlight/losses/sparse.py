@@ -23,12 +23,16 @@ class SparseTargets:
     """Top-k teacher targets for N positions.
 
     Attributes:
-        ids: [N, k] token ids.
+        ids: [N, k] token ids ([B, T, k] before positions are selected).
         log_probs: [N, k] the teacher's log-probabilities of those tokens (full-vocabulary softmax).
     """
 
     ids: torch.Tensor
     log_probs: torch.Tensor
+
+    def select(self, mask: torch.Tensor) -> SparseTargets:
+        """[B, T, k] rows at the positions where `mask` ([B, T]) is set -> [N, k]."""
+        return SparseTargets(self.ids[mask.bool()], self.log_probs[mask.bool()])
 
 
 def restrict_to_support(student_logits: torch.Tensor, ids: torch.Tensor, teacher_log_probs: torch.Tensor,

@@ -1,4 +1,4 @@
-"""Distillation methods: each is a sequence source x divergence x auxiliary CE (METHODS.md §1)."""
+"""Distillation methods: each is a sequence source x divergence x auxiliary CE (docs/methods.md)."""
 
 from kdlight.methods.base import Method, SequenceSource, StepContext
 from kdlight.methods.gold import GoldSequences

@@ -1,18 +1,23 @@
 """A method = which sequences to teacher-force on, which divergence to the teacher, how much CE.
 
-METHODS.md §1: almost every KD method for LMs is a combination of three independent choices. A
-method is therefore data (`Method`), not a subclass of the training loop: the one loop in
-`kdlight.training.module` runs every method the same way, which is what makes comparisons fair.
-Adding a method means adding a `SequenceSource` (one file) if it needs a new kind of sequence, and a
-YAML preset in `conf/method/`.
+Almost every KD method for LMs is a combination of three independent choices (docs/methods.md,
+"One design"). A method is therefore data (`Method`), not a subclass of the training loop: the one
+loop in `kdlight.training.module` runs every method the same way, which is what makes
+comparisons fair. Adding a method means adding a `SequenceSource` (one file) if it needs a new
+kind of sequence, and a YAML preset in `conf/method/`.
+
+A source declares what it needs in its type (`needs_teacher`, `needs_mask_token`,
+`needs_preparation`) and what it can do (`covers_unlabeled`, `only_teacher_outputs`); the loop and
+the run read those declarations and never probe a source for methods it might have.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -20,10 +25,14 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from kdlight.data.batch import Batch
 from kdlight.losses.objectives import Divergence
 
+if TYPE_CHECKING:  # the teacher module imports this one
+    from kdlight.data.module import PromptItem
+    from kdlight.training.teacher import Teacher
+
 
 @dataclass
 class StepContext:
-    """What a sequence source may use to build its sequences (models are read, never trained here).
+    """What a sequence source may use to build a step's sequences (models are read, never trained here).
 
     Attributes:
         student: the student being trained.
@@ -32,17 +41,41 @@ class StepContext:
         vocab_size: the vocabulary shared by teacher and student (padding rows excluded).
         generator: random numbers for the source, seeded per run.
         step: the optimisation step.
+        epoch: the training epoch (sources whose targets change per epoch read it).
         timings: seconds a source spent on its own work this step (e.g. `generation_s`); the
             loop logs them as `train/<name>`, apart from the loss step.
     """
 
     student: PreTrainedModel
-    teacher: PreTrainedModel | None
+    teacher: Teacher | None
     tokenizer: PreTrainedTokenizerBase
     vocab_size: int
     generator: torch.Generator
-    step: int
+    step: int = 0
+    epoch: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class PrepareContext:
+    """What a source that precomputes targets needs before the first step.
+
+    Attributes:
+        prompts: every training prompt (labeled and unlabeled), as training batches index them.
+        teacher: the frozen teacher (a live model or stored outputs), or None.
+        tokenizer: the shared tokenizer.
+        vocab_size: the vocabulary shared by teacher and student.
+        rank, world_size: this process among the training processes.
+        gather: all ranks' objects, in rank order (the identity on one process).
+    """
+
+    prompts: list[PromptItem]
+    teacher: Teacher | None
+    tokenizer: PreTrainedTokenizerBase
+    vocab_size: int
+    rank: int = 0
+    world_size: int = 1
+    gather: Callable[[object], list[object]] = field(default=lambda obj: [obj])
 
 
 @contextmanager
@@ -58,19 +91,42 @@ def evaluating(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
         model.train(was_training)
 
 
-class SequenceSource(Protocol):
-    """Decides the target sequences of a step (gold, teacher outputs, student samples, rewrites).
+class SequenceSource(ABC):
+    """Decides the target sequences of a step (gold, teacher outputs, student samples, rewrites)."""
 
-    A source that needs work before the first step (decoding the teacher's outputs for every
-    training prompt) also defines `prepare(prompts: teacher_outputs.Prompts)`; the loop calls it
-    at fit start, on every rank.
-    """
+    @property
+    def needs_teacher(self) -> bool:
+        """The source itself reads the teacher (its outputs), whatever the divergence."""
+        return False
 
-    needs_teacher: bool
+    @property
+    def needs_mask_token(self) -> bool:
+        """The tokenizer must have a mask token (one is added at start-up if it has none)."""
+        return False
 
+    @property
+    def needs_preparation(self) -> bool:
+        """`prepare` must run over every training prompt before the first step."""
+        return False
+
+    @property
+    def covers_unlabeled(self) -> bool:
+        """The source can write a target for an input without a gold one (so unlabeled inputs
+        are worth training on)."""
+        return False
+
+    @property
+    def only_teacher_outputs(self) -> bool:
+        """Every sequence it returns is one of the teacher's own outputs (so a teacher known only
+        by stored outputs and their log-probabilities can score them)."""
+        return False
+
+    def prepare(self, ctx: PrepareContext) -> None:
+        """Work before the first step, on every rank (only called when `needs_preparation`)."""
+
+    @abstractmethod
     def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
-        """Return the batch to teacher-force teacher and student on (same prompts as `gold`)."""
-        ...
+        """The batch to teacher-force teacher and student on (the same prompts as `gold`)."""
 
 
 @dataclass
@@ -85,6 +141,7 @@ class Method:
         kd_weight: weight of the divergence term.
         ce_on: `gold` (the dataset's targets, as KID adds to its baselines) or `sequences` (the
             source's, e.g. SeqKD's CE on the teacher's outputs).
+        teacher_dropout: run the teacher with dropout on (noisy KD).
     """
 
     name: str
@@ -93,6 +150,7 @@ class Method:
     ce_weight: float = 1.0
     kd_weight: float = 1.0
     ce_on: str = "gold"
+    teacher_dropout: bool = False
 
     def __post_init__(self) -> None:
         if self.divergence is None and self.ce_weight == 0:
@@ -103,3 +161,8 @@ class Method:
     @property
     def needs_teacher(self) -> bool:
         return self.divergence is not None or self.source.needs_teacher
+
+    @property
+    def uses_unlabeled(self) -> bool:
+        """Unlabeled inputs can carry a loss: the source writes their targets."""
+        return self.source.covers_unlabeled

@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from kdlight.data.batch import Batch
-from kdlight.methods.base import StepContext
+from kdlight.methods.base import SequenceSource, StepContext
 
 
 @dataclass
-class GoldSequences:
-    needs_teacher: bool = False
-
+class GoldSequences(SequenceSource):
     def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
         return gold

@@ -1,4 +1,4 @@
-"""KID: knowledge distillation with imperfect data (Zhong et al., Findings of EMNLP 2024; METHODS.md §3).
+"""KID: knowledge distillation with imperfect data (Zhong et al., Findings of EMNLP 2024; docs/methods.md, KID).
 
 Simulates the cascade of inference errors of on-policy distillation without generating: a
 fraction α of the gold target's positions is masked, one no-grad student forward predicts them,
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from kdlight.data.batch import Batch
-from kdlight.methods.base import StepContext, evaluating
+from kdlight.methods.base import SequenceSource, StepContext, evaluating
 from kdlight.models.lm import target_logits
 
 STRATEGIES = ("random", "uniform", "hard", "easy")
@@ -29,7 +29,7 @@ REWRITES = ("argmax", "sample", "mask_only")
 
 
 @dataclass
-class KidSequences:
+class KidSequences(SequenceSource):
     """Imperfect rewrites of the gold target.
 
     Attributes:
@@ -45,7 +45,6 @@ class KidSequences:
     count: str = "sequence"
     rewrite: str = "argmax"
     mask_token: str = "dedicated"
-    needs_teacher: bool = False  # the divergence needs one; the rewrite itself uses the student
 
     @property
     def needs_mask_token(self) -> bool:

@@ -1,4 +1,4 @@
-"""Student samples as targets: the on-policy sequence source of GKD and ImitKD.
+"""Student samples as targets: the on-policy sequence source of GKD, ImitKD and f-distill.
 
 - GKD (Agarwal et al., ICLR 2024): with probability λ a *batch's* targets are replaced by the
   student's own samples (`per: batch`); loss generalised JSD(β).
@@ -7,55 +7,65 @@
 - f-distill (Wen et al., ACL 2023, as compared in KID): per request, the teacher's (cached) output
   or a student sample with probability ½ each (`otherwise: TeacherOutputs`); loss TVD.
 
-Samples are drawn with batched `generate` (KV cache, stops at EOS) in eval mode and without
-gradient; the time it takes is reported as `train/generation_s`, apart from the loss step,
-because generation dominates the cost of these methods. Prompts are never changed.
+Samples are drawn from the student's full distribution (`top_k: 0`, `top_p: 1`, T = 1 by default)
+with the batched, KV-cached decoder in eval mode and without gradient; the time it takes is
+reported as `train/generation_s`, apart from the loss step, because generation dominates the cost
+of these methods. Prompts are never changed.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from kdlight.data.batch import Batch, pad_targets
-from kdlight.methods.base import SequenceSource, StepContext, evaluating
-from kdlight.methods.teacher_outputs import Prompts
-from kdlight.models.lm import generate
+from kdlight.methods.base import PrepareContext, SequenceSource, StepContext, evaluating
+from kdlight.models.decoding import Decoding, generate
 
 
 @dataclass
-class StudentSamples:
+class StudentSamples(SequenceSource):
     """Replace gold targets with the student's samples.
 
     Attributes:
         lam: probability of replacing (the batch's targets, or each example's).
         per: `batch` (GKD) or `example` (ImitKD).
-        temperature: sampling temperature.
-        top_p: nucleus sampling threshold (1: the full distribution).
-        max_new_tokens: longest sample.
+        decoding: how the student samples (one sequence per prompt).
         otherwise: the source of the targets that are not replaced (None: gold), e.g. the
             teacher's outputs for f-distill.
     """
 
     lam: float = 0.5
     per: str = "batch"
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
+    decoding: Decoding = field(default_factory=lambda: Decoding(strategy="sample"))
     otherwise: SequenceSource | None = None
-    needs_teacher: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.lam <= 1.0 or self.per not in ("batch", "example"):
             raise ValueError(f"student samples: lam in [0, 1] and per in (batch, example); got {self.lam}, {self.per}")
-        self.needs_teacher = self.needs_teacher or bool(self.otherwise and self.otherwise.needs_teacher)
+        if self.decoding.num_return_sequences != 1:
+            raise ValueError("student samples: one sample per prompt (decoding.num_return_sequences=1)")
 
-    def prepare(self, prompts: Prompts) -> None:
+    @property
+    def needs_teacher(self) -> bool:
+        return self.otherwise is not None and self.otherwise.needs_teacher
+
+    @property
+    def needs_preparation(self) -> bool:
+        return self.otherwise is not None and self.otherwise.needs_preparation
+
+    @property
+    def covers_unlabeled(self) -> bool:
+        """With λ = 1 every target is a sample; otherwise the rows left to `otherwise` need it to
+        cover them (gold does not)."""
+        return self.lam == 1.0 or (self.otherwise is not None and self.otherwise.covers_unlabeled and self.lam > 0)
+
+    def prepare(self, ctx: PrepareContext) -> None:
         """Precompute what the `otherwise` source needs (e.g. f-distill's cached teacher outputs)."""
-        if hasattr(self.otherwise, "prepare"):
-            self.otherwise.prepare(prompts)
+        if self.needs_preparation:
+            self.otherwise.prepare(ctx)
 
     def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
         draws = torch.rand(1 if self.per == "batch" else gold.size, generator=ctx.generator) < self.lam
@@ -74,7 +84,7 @@ class StudentSamples:
     def sample(self, prompts: Batch, ctx: StepContext) -> list[list[int]]:
         started = time.perf_counter()
         with evaluating(ctx.student) as student:  # no dropout while sampling
-            samples = generate(student, prompts, self.max_new_tokens, ctx.tokenizer.eos_token_id, ctx.vocab_size,
-                               do_sample=True, temperature=self.temperature, top_p=self.top_p)
+            samples = generate(student, prompts, self.decoding, ctx.tokenizer.eos_token_id, ctx.tokenizer.pad_token_id,
+                               ctx.vocab_size)
         ctx.timings["generation_s"] = ctx.timings.get("generation_s", 0.0) + time.perf_counter() - started
         return samples

@@ -1,4 +1,4 @@
-"""Start-up check that teacher and student share a vocabulary (PEERS.md, user request 1).
+"""Start-up check that teacher and student share a vocabulary (docs/methods.md, "Vocabularies").
 
 Models of one family often differ only in padding rows of the embedding (e.g. 151936 vs 152064):
 that is handled by slicing logits to the tokenizer's size. Different tokenizers are a real

@@ -1,5 +1,5 @@
-"""Comparison tables and charts built from runs' metrics.json files."""
+"""Reports from run folders: one table stack (collect -> aggregate -> Markdown/CSV/chart) and paired tests."""
 
-from kdlight.report.table import Column, comparison_rows, format_markdown, plot_comparison, write_csv
+from kdlight.report.write import ReportSpec, write_report
 
-__all__ = ["Column", "comparison_rows", "format_markdown", "plot_comparison", "write_csv"]
+__all__ = ["ReportSpec", "write_report"]

@@ -1,90 +1,152 @@
-"""Turn runs' metrics into the comparison table a paper would print, as Markdown, CSV and a chart.
+"""Runs -> the table a paper prints: rows of runs that differ only in seed, columns benchmark x metric.
 
-Each row is one run (`metrics.json`); the training step time is given relative to the baseline
-row's (the student's SFT step, as in the KID paper's latency column).
+Rows: runs are grouped by what makes them the same experiment: their label (a study stage's name,
+else the method), stage, student, teacher, and any command-line override beyond seed, data,
+benchmarks and paths. Runs that share method and student but differ in, say, the learning rate are
+separate rows, labelled with what differs (`sft [optimizer.lr=1e-4]`); seeds are aggregated as
+mean ± sample standard deviation.
+
+Columns: a run's benchmarks are its own evaluation split (named after its data) and the extra
+benchmarks it was scored on, in the order metrics.json lists them; each shows the metrics its
+scorer declares for tables (`eval/ex` and `eval/ts` for text-to-SQL, EX only for BIRD, a ceiling
+when some questions cannot be executed), or the metrics asked for. Then the average, the
+difference from the baseline row of the same student (and teacher), and the training step time
+relative to the baseline's.
 """
 
 from __future__ import annotations
 
-import csv
+import statistics
+from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
+
+# Overrides that do not make runs different experiments (seeds of one row, or the same experiment
+# on other data, which is another column, or paths that differ per data set and seed).
+IGNORED_OVERRIDES = ("seed", "label", "method", "model@student", "model@teacher", "data", "benchmarks", "paths",
+                     "hydra", "skip_finished", "study", "teacher_from_store", "teacher_kl", "stage", "threads")
 
 
 @dataclass(frozen=True)
-class Column:
-    """One table column: its header, the metrics key it shows, and how to format it."""
+class Cell:
+    mean: float
+    std: float | None
+    n: int
 
-    header: str
-    key: str
-    fmt: str = "{}"
-
-    def render(self, row: dict) -> str:
-        value = row.get(self.key)
-        return "-" if value is None else self.fmt.format(value)
+    def render(self, fmt: str = "{:.1f}") -> str:
+        text = fmt.format(self.mean)
+        return text if self.std is None else f"{text} ± {fmt.format(self.std)}"
 
 
-TEXT2SQL_COLUMNS = (
-    Column("method", "label"),
-    Column("model", "model"),
-    Column("parameters", "params", "{:,}"),
-    Column("EX", "eval/ex", "{:.1f}"),
-    Column("TS", "eval/ts", "{:.1f}"),
-    Column("EM", "eval/em", "{:.1f}"),
-    Column("held-out CE", "val/ce", "{:.3f}"),
-    Column("step (s)", "step_time_s", "{:.3f}"),
-    Column("step vs SFT", "relative_step_time", "{:.2f}x"),
-)
+def _cell(values: list[float]) -> Cell | None:
+    if not values:
+        return None
+    return Cell(statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None, len(values))
 
 
-def comparison_rows(runs: list[tuple[str, dict]], baseline: str) -> list[dict]:
-    """Label each run's metrics and add `relative_step_time` against the run labelled `baseline`."""
-    by_label = dict(runs)
-    base = by_label.get(baseline, {}).get("step_time_s")
+def run_values(run: dict, metrics: list[str] | None) -> dict[str, float]:
+    """A run's table cells keyed `<benchmark> <METRIC>` (scores from a scorer, e.g. `sqlgen EX`)
+    or `<benchmark> <key>` (other metrics, e.g. `sqlgen val/ce`, formatted apart).
+
+    `eval/<m>` metrics exist per benchmark (the run's own split has prefix `eval`, each extra
+    benchmark its name); with `metrics` None each benchmark shows what its scorer declares. Other
+    keys (`val/ce`, `val/kl_from_teacher`) belong to the run's own data.
+    """
+    index = run.get("benchmarks") or [{"name": run["data"], "prefix": "eval", "metrics": []}]
+    values = {}
+    for spec in index:
+        wanted = [f"eval/{m}" for m in spec["metrics"]] if metrics is None else metrics
+        for metric in wanted:
+            short = metric.split("/", 1)[-1]
+            if metric.startswith("eval/"):
+                key = f"{spec['prefix']}/{short}"
+            elif spec["prefix"] == "eval":
+                key = metric
+            else:
+                continue
+            if key in run:
+                values[f"{spec['name']} {short.upper() if metric.startswith('eval/') else metric}"] = run[key]
+    return values
+
+
+def is_score(column: str) -> bool:
+    """Scores (percentages from a scorer) are the upper-case columns; losses keep their key."""
+    return "/" not in column.split(" ", 1)[-1]
+
+
+def row_keys(runs: list[dict]) -> list[tuple]:
+    """What makes runs rows of their own (see the module docstring): (label, stage, student,
+    teacher, overrides that differ between runs sharing the first four)."""
+    base = [(r.get("label") or r["method"], r.get("stage", "student"), r["model"], r.get("teacher") or "-")
+            for r in runs]
+    relevant = [frozenset(o for o in r.get("overrides", []) if _distinguishes(o)) for r in runs]
+    common: dict[tuple, frozenset] = {}
+    for key, overrides in zip(base, relevant):
+        common[key] = common[key] & overrides if key in common else overrides
+    return [(*key, tuple(sorted(overrides - common[key]))) for key, overrides in zip(base, relevant)]
+
+
+def _distinguishes(override: str) -> bool:
+    key = override.split("=", 1)[0].lstrip("+~")
+    if key.startswith("benchmark@"):
+        return False
+    return (key not in IGNORED_OVERRIDES and not key.endswith(".path")
+            and not key.startswith(tuple(f"{k}." for k in IGNORED_OVERRIDES)))
+
+
+def aggregate(runs: list[dict], metrics: list[str] | None, baseline: str) -> tuple[list[str], list[dict]]:
+    """Rows of cells keyed `<benchmark> <METRIC>`, plus `average`, `delta`, `relative_step`, `seeds`."""
+    values = [run_values(r, metrics) for r in runs]
+    columns = list(dict.fromkeys(c for v in values for c in v))
+    groups: dict[tuple, list[tuple[dict, dict]]] = defaultdict(list)
+    for key, run, cells in zip(row_keys(runs), runs, values):
+        groups[key].append((run, cells))
+    base_step = _baseline_steps(groups, baseline)
     rows = []
-    for label, metrics in runs:
-        row = {"label": label, **metrics}
-        step = metrics.get("step_time_s")
-        row["relative_step_time"] = step / base if step and base else None
+    for key, members in groups.items():
+        label, stage, model, teacher, extra = key
+        datasets = {r["data"] for r, _ in members}
+        row = {"method": label + (f" [{', '.join(extra)}]" if extra else ""), "base": label, "stage": stage,
+               "student": model, "teacher": teacher, "params": members[0][0].get("params"),
+               "seeds": len({(r["data"], r["seed"]) for r, _ in members}) // max(1, len(datasets))}
+        for column in columns:
+            row[column] = _cell([cells[column] for _, cells in members if column in cells])
+        means = [row[c].mean for c in columns if row[c] is not None]
+        row["average"] = statistics.fmean(means) if means and len(means) == len(columns) else None
+        steps = [r["step_time_s"] for r, _ in members if r.get("step_time_s")]
+        row["step_time_s"] = statistics.fmean(steps) if steps else None
+        ratios = [r["step_time_s"] / base_step[(r["data"], model)] for r, _ in members
+                  if r.get("step_time_s") and (r["data"], model) in base_step]
+        row["relative_step"] = statistics.fmean(ratios) if ratios else None
         rows.append(row)
-    return rows
+    # The baseline row of the same student (and teacher, when the baseline measured its KL to one).
+    base_average = {(r["student"], r["teacher"]): r["average"] for r in rows
+                    if r["base"] == baseline and r["stage"] == "student" and r["method"] == baseline}
+    for row in rows:
+        base = base_average.get((row["student"], row["teacher"]), base_average.get((row["student"], "-")))
+        row["delta"] = row["average"] - base if row["average"] is not None and base is not None else None
+    return columns, rows
 
 
-def format_markdown(rows: list[dict], columns=TEXT2SQL_COLUMNS) -> str:
-    header = "| " + " | ".join(c.header for c in columns) + " |"
-    rule = "|" + "|".join("---" if i == 0 else "---:" for i in range(len(columns))) + "|"
-    body = ["| " + " | ".join(c.render(r) for c in columns) + " |" for r in rows]
-    return "\n".join([header, rule, *body]) + "\n"
+def _baseline_steps(groups: dict, baseline: str) -> dict[tuple[str, str], float]:
+    """(data, student) -> mean step time of the baseline method's student runs."""
+    times: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for (label, stage, model, _, extra), members in groups.items():
+        if label == baseline and stage == "student" and not extra:
+            for run, _ in members:
+                if run.get("step_time_s"):
+                    times[(run["data"], model)].append(run["step_time_s"])
+    return {key: statistics.fmean(values) for key, values in times.items()}
 
 
-def write_csv(rows: list[dict], path: Path, columns=TEXT2SQL_COLUMNS) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([c.key if c.key != "label" else "method" for c in columns])
-        for row in rows:
-            writer.writerow(["" if row.get(c.key) is None else row.get(c.key) for c in columns])
-
-
-def plot_comparison(rows: list[dict], path: Path, title: str) -> None:
-    """Grouped bars of EX and TS per row, with the relative step time written under each label."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display on clusters or CI
-    import matplotlib.pyplot as plt
-
-    labels = [f"{r['label']}\n({r['relative_step_time']:.1f}x step)" if r.get("relative_step_time")
-              else r["label"] for r in rows]
-    xs = range(len(rows))
-    fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 4))
-    for offset, key, name in ((-0.2, "eval/ex", "EX"), (0.2, "eval/ts", "TS")):
-        values = [r.get(key) or 0.0 for r in rows]
-        bars = ax.bar([x + offset for x in xs], values, width=0.4, label=name)
-        ax.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax.set_xticks(list(xs), labels, fontsize=8)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title(title)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def scoring_notes(runs: list[dict]) -> list[str]:
+    """How each benchmark was scored (e.g. its comparator) and the scorers' notes, once each."""
+    settings: dict[str, set[str]] = defaultdict(set)
+    notes: list[str] = []
+    for run in runs:
+        for spec in run.get("benchmarks") or []:
+            described = ", ".join(f"{k} {v}" for k, v in sorted(spec.get("settings", {}).items()) if k != "scorer")
+            if described:
+                settings[spec["name"]].add(described)
+            notes += [n for n in spec.get("notes", []) if n not in notes]
+    lines = [f"{name}: {' / '.join(sorted(how))}" for name, how in settings.items()]
+    return lines + notes

@@ -1,10 +1,10 @@
-"""`DistillationModule`: one LightningModule, one loop, every method (STYLE.md convention 1).
+"""`DistillationModule`: one LightningModule, one loop, every method (the unit is a comparison).
 
 Each optimisation step:
 1. the method's sequence source turns the gold batch into the sequences to learn on;
 2. the global target-token counts of the step are taken (all micro-batches, all ranks);
-3. for each micro-batch: student logits, teacher logits (if needed), loss terms summed per token
-   and divided by the global counts, backward;
+3. for each micro-batch: the loss terms (`kdlight.training.objective`), each summed over its
+   tokens and divided by its global count, then backward;
 4. clip, optimiser step, scheduler step; each loss term is logged separately (`train/ce`,
    `train/kd_<divergence>`).
 
@@ -23,11 +23,13 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdlight.data.batch import Batch
-from kdlight.losses import forward_kl, masked_token_sum, select_positions, token_cross_entropy
-from kdlight.methods.base import Method, StepContext
-from kdlight.methods.teacher_outputs import Prompts
-from kdlight.models.lm import generate, target_logits
-from kdlight.training.teacher import FrozenTeacher
+from kdlight.data.module import TaskDataModule
+from kdlight.losses import forward_kl, select_positions, token_cross_entropy
+from kdlight.methods.base import Method, PrepareContext, StepContext
+from kdlight.models.decoding import Decoding, generate
+from kdlight.models.lm import target_logits
+from kdlight.training.objective import loss_terms
+from kdlight.training.teacher import LiveTeacher, Teacher
 
 
 @dataclass(frozen=True)
@@ -40,7 +42,6 @@ class LoopOptions:
         grad_clip: clip the gradient norm to this value; None: no clipping.
         warmup_steps: linear learning-rate warm-up.
         min_lr_ratio: cosine decay ends at this fraction of the peak learning rate.
-        max_new_tokens: decoding length for predictions.
         teacher_placement: `replicate` (a full teacher per rank) or `shard` (FSDP2 across ranks,
             1/world of its memory per rank; see kdlight.training.teacher).
     """
@@ -49,22 +50,38 @@ class LoopOptions:
     grad_clip: float | None = 1.0
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
-    max_new_tokens: int = 128
     teacher_placement: str = "replicate"
 
 
 class DistillationModule(L.LightningModule):
+    """The student, trained with `method`, against a frozen teacher when the method needs one.
+
+    Args:
+        student: the model to train.
+        method: sequence source x divergence x CE weight.
+        tokenizer: the shared tokenizer.
+        vocab_size: the vocabulary teacher and student share (padding rows excluded).
+        optimizer: builds the optimiser from the student's trainable parameters.
+        options: how the loop optimises.
+        teacher: a `Teacher`, or a model (wrapped as a live teacher with `options.teacher_placement`
+            and the method's `teacher_dropout`), or None.
+        seed: seeds the source's random numbers (masks, sampling draws).
+        decoding: how predictions are decoded (`predict_step`).
+    """
+
     def __init__(self, student: PreTrainedModel, method: Method, tokenizer: PreTrainedTokenizerBase,
                  vocab_size: int, optimizer: Callable[..., torch.optim.Optimizer], options: LoopOptions,
-                 teacher: PreTrainedModel | None = None, seed: int = 0):
+                 teacher: Teacher | PreTrainedModel | None = None, seed: int = 0, decoding: Decoding = Decoding()):
         super().__init__()
+        if isinstance(teacher, PreTrainedModel):
+            teacher = LiveTeacher(teacher, options.teacher_placement, method.teacher_dropout)
         if method.needs_teacher and teacher is None:
             raise ValueError(f"method '{method.name}' needs a teacher, but none was given")
         self.automatic_optimization = False
         self.student = student
-        self.teacher = FrozenTeacher(teacher, options.teacher_placement) if teacher is not None else None
+        self.teacher = teacher
         self.method, self.tokenizer, self.vocab_size = method, tokenizer, vocab_size
-        self.optimizer_factory, self.options = optimizer, options
+        self.optimizer_factory, self.options, self.decoding = optimizer, options, decoding
         self.source_rng = torch.Generator().manual_seed(seed)
         # The entry point logs the whole resolved config; these keys must not collide with it.
         self.save_hyperparameters({"method_name": method.name, "shared_vocab_size": vocab_size})
@@ -77,19 +94,17 @@ class DistillationModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self._place_teacher()
         self.student.train()  # HF from_pretrained returns eval-mode models
-        if hasattr(self.method.source, "prepare"):
-            self.method.source.prepare(self._training_prompts())
+        if self.method.source.needs_preparation:
+            self.method.source.prepare(self._prepare_context())
 
-    def _training_prompts(self) -> Prompts:
+    def _prepare_context(self) -> PrepareContext:
         """Every training prompt, for sources that precompute targets (teacher outputs)."""
-        datamodule = getattr(self.trainer, "datamodule", None)
-        if datamodule is None or not hasattr(datamodule, "train_prompts"):
-            raise RuntimeError(f"method '{self.method.name}' precomputes targets for every training prompt: "
-                               "fit with a datamodule that has train_prompts() (e.g. Text2SQLDataModule)")
-        if self.teacher is None:
-            raise RuntimeError(f"method '{self.method.name}' precomputes the teacher's outputs but has no teacher")
-        return Prompts(datamodule.train_prompts(), self.teacher.model, self.tokenizer, self.vocab_size,
-                       self.global_rank, self.trainer.world_size, _gather_objects, sharded=self.teacher.sharded)
+        datamodule = self.trainer.datamodule
+        if not isinstance(datamodule, TaskDataModule):
+            raise RuntimeError(f"method '{self.method.name}' precomputes targets for every training prompt: fit with "
+                               "a TaskDataModule (trainer.fit(module, datamodule=...)), which lists them")
+        return PrepareContext(datamodule.train_prompts(), self.teacher, self.tokenizer, self.vocab_size,
+                              self.global_rank, self.trainer.world_size, _gather_objects)
 
     def on_validation_start(self) -> None:
         self._place_teacher()
@@ -99,22 +114,21 @@ class DistillationModule(L.LightningModule):
 
     # --- the loop --------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> None:
-        ctx = StepContext(self.student, self.teacher.model if self.teacher else None, self.tokenizer,
-                          self.vocab_size, self.source_rng, self.global_step)
+        ctx = StepContext(self.student, self.teacher, self.tokenizer, self.vocab_size, self.source_rng,
+                          self.global_step, self.current_epoch)
         sequences = self.method.source.sequences(batch, ctx)
         self.student.train()
-        same = sequences is batch
-        n_gold = self._global_count(batch.target_mask)
-        n_seq = n_gold if same else self._global_count(sequences.target_mask)
-        ce_count = n_seq if self.method.ce_on == "sequences" else n_gold
-        count = lambda term: ce_count if term == "ce" else n_seq  # KD is always on `sequences`  # noqa: E731
+        counts = {"gold": self._global_count(batch.target_mask)}
+        counts["sequences"] = counts["gold"] if sequences is batch else self._global_count(sequences.target_mask)
         micro = self.options.micro_batch_size or batch.size
         logged: dict[str, float] = {}
         for start in range(0, batch.size, micro):
-            terms = self._loss_terms(batch.slice(start, start + micro), sequences.slice(start, start + micro), same)
-            shares = {name: total / count(name) for name, (total, _) in terms.items()}  # sum / global count
+            gold_part = batch.slice(start, start + micro)
+            seq_part = gold_part if sequences is batch else sequences.slice(start, start + micro)
+            terms = loss_terms(self.method, self.student, self.teacher, gold_part, seq_part, self.vocab_size)
+            shares = {name: term.total / counts[term.over] for name, term in terms.items()}  # sum / global count
             # x world size because DDP averages gradients over ranks.
-            loss = sum(terms[name][1] * share for name, share in shares.items()) * self.trainer.world_size
+            loss = sum(terms[name].weight * share for name, share in shares.items()) * self.trainer.world_size
             self.manual_backward(loss)
             for name, share in shares.items():
                 logged[name] = logged.get(name, 0.0) + float(share.detach())
@@ -122,27 +136,6 @@ class DistillationModule(L.LightningModule):
         self._log_step(logged, batch.size)
         for name, seconds in ctx.timings.items():  # e.g. on-policy generation, apart from the loss step
             self.log(f"train/{name}", seconds, batch_size=batch.size)
-
-    def _loss_terms(self, gold: Batch, seq: Batch, same: bool) -> dict[str, tuple[torch.Tensor, float]]:
-        """Per-term sums over target tokens, with their weights."""
-        method, terms = self.method, {}
-        ce_batch = seq if method.ce_on == "sequences" else gold
-        ce_on_seq = same or ce_batch is seq  # then one student forward serves both terms
-        seq_logits = None
-        if method.divergence is not None or (method.ce_weight > 0 and ce_on_seq):
-            seq_logits = target_logits(self.student, seq, self.vocab_size)  # [b, T, V]
-        if method.ce_weight > 0:
-            logits = seq_logits if ce_on_seq else target_logits(self.student, gold, self.vocab_size)
-            mask = ce_batch.target_mask.bool()
-            ce = token_cross_entropy(select_positions(logits, mask), ce_batch.target_ids[mask])
-            terms["ce"] = (masked_token_sum(ce), method.ce_weight)
-        if method.divergence is not None:
-            teacher = self.teacher.target_logits(seq, self.vocab_size)
-            per_token = method.divergence(select_positions(seq_logits, seq.target_mask),
-                                          select_positions(teacher, seq.target_mask))  # [N]
-            terms[f"kd_{method.divergence.name}"] = (masked_token_sum(per_token), method.kd_weight)
-        return terms
-
     def _global_count(self, mask: torch.Tensor) -> torch.Tensor:
         count = mask.sum().to(torch.float32)
         return self.trainer.strategy.reduce(count, reduce_op="sum").clamp(min=1.0)
@@ -170,23 +163,26 @@ class DistillationModule(L.LightningModule):
 
     # --- evaluation ------------------------------------------------------------------------------
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        """Held-out CE per target token, and the student's KL from the teacher when there is one."""
+        """Held-out CE per target token, and the student's KL from the teacher when the teacher
+        can score any sequence (a live model; not a store of outputs)."""
         mask = batch.target_mask.bool()
         n = int(mask.sum())
         student = select_positions(target_logits(self.student, batch, self.vocab_size), mask)
         ce = token_cross_entropy(student, batch.target_ids[mask]).sum() / max(n, 1)
         self.log("val/ce", ce, batch_size=n, prog_bar=True)
-        if self.teacher is not None:
-            teacher = select_positions(self.teacher.target_logits(batch, self.vocab_size), mask)
+        if self.teacher is not None and self.teacher.scores_any_sequence:
+            teacher = select_positions(self.teacher.distributions(batch, self.vocab_size), mask)
             kl = forward_kl(student, teacher).sum() / max(n, 1)
             self.log("val/kl_from_teacher", kl, batch_size=n)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[tuple[int, list[int]]]:
-        """Greedy decoding with the KV cache; returns (example index, generated ids)."""
+        """Decoding with `self.decoding` (batched, KV cache); returns (example index, generated ids)
+        for the first returned sequence of each example."""
         self.student.eval()
-        sequences = generate(self.student, batch, self.options.max_new_tokens, self.tokenizer.eos_token_id,
-                             self.vocab_size)
-        return list(zip(batch.index.tolist(), sequences))
+        sequences = generate(self.student, batch, self.decoding, self.tokenizer.eos_token_id,
+                             self.tokenizer.pad_token_id, self.vocab_size)
+        n = self.decoding.num_return_sequences
+        return list(zip(batch.index.tolist(), sequences[::n]))
 
     # --- optimiser -------------------------------------------------------------------------------
     def configure_optimizers(self):
@@ -200,7 +196,8 @@ class DistillationModule(L.LightningModule):
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}}
+        scheduler = {"scheduler": LambdaLR(optimizer, schedule), "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
 
 
 def _gather_objects(obj: object) -> list[object]:

@@ -1,34 +1,90 @@
-"""The frozen teacher: evaluated, never trained, never saved with the student.
+"""The teacher: a live frozen model, or the stored outputs of one (a black-box teacher's file).
 
-It is deliberately *not* an `nn.Module` attribute of the LightningModule: an unregistered model
-cannot reach the optimiser, the checkpoint's state dict, the saved hyperparameters, or a
-DDP/FSDP gradient wrapper. The module places it on its own device explicitly, either replicated
-(a full copy per rank, the default) or sharded across ranks with FSDP2 (`placement="shard"`: each
-rank holds 1/world of its parameters, gathered layer by layer in each forward pass). A sharded
-forward is collective, so every rank must run the same number of teacher forwards per step.
+Both answer the two questions a method asks of a teacher:
+- `distributions(batch)`: its next-token distributions at every target position of `batch`
+  (dense `[B, T, V]` logits from a live model; top-k log-probabilities `[B, T, k]` from a store,
+  which has them only for its own outputs: `scores_any_sequence` is False);
+- `outputs(prompts, decoding)`: its decoded outputs for every training prompt (generated once by
+  a live model and cached on disk, or looked up in the store).
+
+The live teacher is deliberately *not* an `nn.Module` attribute of the LightningModule: an
+unregistered model cannot reach the optimiser, the checkpoint's state dict, the saved
+hyperparameters, or a DDP/FSDP gradient wrapper. It is placed on the module's device explicitly,
+either replicated (a full copy per rank, the default) or sharded across ranks with FSDP2
+(`placement="shard"`: each rank holds 1/world of its parameters, gathered layer by layer in each
+forward pass). A sharded forward is collective, so every rank runs the same number of teacher
+forwards: generation shares are equal and decoding is synced across ranks.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
 import torch
 from transformers import PreTrainedModel
 
-from kdlight.data.batch import Batch
+from kdlight.data.batch import Batch, collate
+from kdlight.data.module import PromptItem
+from kdlight.losses.sparse import SparseTargets
+from kdlight.methods.base import PrepareContext
+from kdlight.models.decoding import Decoding, generate
 from kdlight.models.lm import target_logits
+from kdlight.targets.store import StoredSequence, TargetStore
 
+log = logging.getLogger(__name__)
 
 PLACEMENTS = ("replicate", "shard")
+Outputs = dict[int, list[StoredSequence]]  # training-item index -> its outputs
 
 
-class FrozenTeacher:
-    def __init__(self, model: PreTrainedModel, placement: str = "replicate"):
+class Teacher(ABC):
+    """What a method may ask of a teacher."""
+
+    scores_any_sequence: ClassVar[bool] = True
+    model: PreTrainedModel | None = None
+    sharded: bool = False
+
+    def to(self, device: torch.device) -> Teacher:
+        return self
+
+    @abstractmethod
+    def distributions(self, batch: Batch, vocab_size: int) -> torch.Tensor | SparseTargets:
+        """The teacher at every target position of `batch`: [B, T, V] logits or [B, T, k] top-k."""
+
+    @abstractmethod
+    def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
+                cache_dir: str | None = None, seed: int = 0) -> Outputs:
+        """Decoded outputs for every prompt of `ctx` (with top-k log-probabilities if `top_k`)."""
+
+    def describe(self) -> str:
+        return type(self).__name__
+
+
+class LiveTeacher(Teacher):
+    """A frozen model: evaluated, never trained, never saved with the student.
+
+    Args:
+        model: the teacher model (frozen here: no gradient, eval mode).
+        placement: `replicate` or `shard` (see the module docstring).
+        dropout: run the teacher's forward passes with dropout on (noisy KD); off by default.
+    """
+
+    def __init__(self, model: PreTrainedModel, placement: str = "replicate", dropout: bool = False):
         if placement not in PLACEMENTS:
             raise ValueError(f"teacher placement must be one of {PLACEMENTS}, got '{placement}'")
         model.requires_grad_(False)
         model.eval()
-        self.model, self.placement, self.sharded = model, placement, False
+        self.model, self.placement, self.dropout, self.sharded = model, placement, dropout, False
+        self.generated = 0  # prompts this process decoded (0 when every output came from the cache)
 
-    def to(self, device: torch.device) -> FrozenTeacher:
+    def to(self, device: torch.device) -> LiveTeacher:
         if not self.sharded and next(self.model.parameters()).device != device:
             self.model.to(device)
         if self.placement == "shard" and not self.sharded and _world_size() > 1:
@@ -36,12 +92,186 @@ class FrozenTeacher:
             self.sharded = True
         return self
 
-    def target_logits(self, batch: Batch, vocab_size: int) -> torch.Tensor:
+    def distributions(self, batch: Batch, vocab_size: int) -> torch.Tensor:
         """[B, T, V] teacher logits. `no_grad` rather than `inference_mode`: inference tensors may
         not be saved for backward, and the divergence's backward needs the teacher's values."""
-        self.model.eval()  # a caller's .train() on a parent must never switch on teacher dropout
+        # Set every time: a caller's .train() on a parent must never switch dropout on by accident.
+        self.model.train(self.dropout)
         with torch.no_grad():
             return target_logits(self.model, batch, vocab_size)
+
+    def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
+                cache_dir: str | None = None, seed: int = 0) -> Outputs:
+        """Read the outputs from the cache, or generate them (each rank its share; rank 0 writes
+        the union) and cache them. The cache key covers the teacher checkpoint, every prompt's
+        token ids, the decoding settings and `top_k`, so a change to any of them decodes again."""
+        key = self.cache_key(ctx, decoding, top_k, seed)
+        path = Path(cache_dir) / "teacher_outputs" / f"{_digest(key)}.jsonl" if cache_dir else None
+        store = _read_cache(path, key)
+        if store is None:
+            started = time.perf_counter()
+            produced: Outputs = {}
+            for part in ctx.gather(self._generate(self._share(ctx), ctx, decoding, top_k, batch_size, seed)):
+                produced.update(part)
+            store = TargetStore(key=key, top_k=top_k, vocab_size=ctx.vocab_size)
+            for item in ctx.prompts:
+                store.add(item.text, item.id, produced[item.index])
+            if path is not None and ctx.rank == 0:
+                store.save(path)
+            log.info(f"teacher outputs: {len(ctx.prompts)} prompts decoded ({decoding.strategy}) in "
+                     f"{time.perf_counter() - started:.1f}s" + (f", cached at {path}" if path else ""))
+        else:
+            log.info(f"teacher outputs: {len(store)} read from {path}")
+        return {item.index: store.lookup(item.text, item.id) for item in ctx.prompts}
+
+    def cache_key(self, ctx: PrepareContext, decoding: Decoding, top_k: int, seed: int) -> dict:
+        prompts = hashlib.sha256(json.dumps([(p.index, p.ids) for p in ctx.prompts]).encode()).hexdigest()
+        return {"teacher": teacher_fingerprint(self.model), "prompts": prompts, "n_prompts": len(ctx.prompts),
+                "vocab_size": ctx.vocab_size, "decoding": decoding.key(), "top_k": top_k,
+                "seed": seed if decoding.strategy == "sample" else None}
+
+    def _share(self, ctx: PrepareContext) -> list[PromptItem]:
+        """This rank's prompts; equally many on every rank when the teacher is sharded (a rank
+        with one fewer repeats its last prompt, whose output is then simply produced twice)."""
+        mine = ctx.prompts[ctx.rank::ctx.world_size]
+        if self.sharded and mine:
+            mine += mine[-1:] * (-(-len(ctx.prompts) // ctx.world_size) - len(mine))
+        return mine
+
+    def _generate(self, items: list[PromptItem], ctx: PrepareContext, decoding: Decoding, top_k: int,
+                  batch_size: int, seed: int) -> Outputs:
+        tokenizer, produced = ctx.tokenizer, {}
+        eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+        device = next(self.model.parameters()).device
+        self.model.eval()
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(seed)
+            for start in range(0, len(items), batch_size):
+                chunk = items[start:start + batch_size]
+                indices = [p.index for p in chunk]
+                prompts = collate([p.ids for p in chunk], [[eos]] * len(chunk), indices, pad).to(device)
+                flat = generate(self.model, prompts, decoding, eos, pad, ctx.vocab_size, synced=self.sharded)
+                n = decoding.num_return_sequences
+                for row, item in enumerate(chunk):
+                    produced[item.index] = [StoredSequence(ids or [eos]) for ids in flat[row * n:(row + 1) * n]]
+                if top_k:
+                    self._add_top_k(chunk, produced, prompts, top_k, ctx.vocab_size, pad)
+        self.generated += len(items)
+        return produced
+
+    @torch.no_grad()
+    def _add_top_k(self, chunk: list[PromptItem], produced: Outputs, prompts: Batch, top_k: int, vocab_size: int,
+                   pad: int) -> None:
+        """The teacher's top-k log-probabilities at every position of its own outputs."""
+        rows = [(row, sequence) for row, item in enumerate(chunk) for sequence in produced[item.index]]
+        batch = collate([prompts.prompt_ids[r][prompts.prompt_mask[r].bool()].tolist() for r, _ in rows],
+                        [s.ids for _, s in rows], list(range(len(rows))), pad).to(prompts.prompt_ids.device)
+        log_probs = torch.log_softmax(target_logits(self.model, batch, vocab_size).float(), -1)
+        values, ids = log_probs.topk(min(top_k, vocab_size), dim=-1)  # [R, T, k]
+        for r, (_, sequence) in enumerate(rows):
+            length = len(sequence.ids)
+            sequence.top_ids = ids[r, :length].tolist()
+            sequence.top_logprobs = values[r, :length].tolist()
+
+    def describe(self) -> str:
+        return f"live teacher {getattr(self.model, 'name_or_path', '') or type(self.model).__name__}"
+
+
+class StoredTeacher(Teacher):
+    """A teacher known only by its stored outputs (and their top-k log-probabilities, if given).
+
+    It can drive sequence-level KD (the outputs as targets) and, when the store has
+    log-probabilities, sparse token-level KD on those outputs; it cannot score other sequences
+    (gold targets, student samples), and a prompt missing from the store is an error.
+    """
+
+    scores_any_sequence = False
+
+    def __init__(self, store: TargetStore, path: str = ""):
+        self.store, self.path = store, path
+        self._by_index: Outputs = {}
+
+    def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
+                cache_dir: str | None = None, seed: int = 0) -> Outputs:
+        found = {item.index: self.store.lookup(item.text, item.id) for item in ctx.prompts}
+        missing = [item for item in ctx.prompts if found[item.index] is None]
+        if missing:
+            raise KeyError(f"the stored teacher ({self.path}) has no outputs for {len(missing)} of {len(ctx.prompts)} "
+                           f"training prompts (first: id {missing[0].id}, prompt {missing[0].text[:80]!r}); "
+                           "a stored teacher cannot generate new ones")
+        if self.store.key and self.store.key.get("decoding") not in (None, decoding.key()):
+            log.warning(f"the stored outputs were decoded with {self.store.key['decoding']}; the method asks for "
+                        f"{decoding.key()}: the stored ones are used")
+        self._by_index = found
+        return found
+
+    def distributions(self, batch: Batch, vocab_size: int) -> SparseTargets:
+        if not any(s.top_ids is not None for sequences in self._by_index.values() for s in sequences):
+            raise ValueError(f"the stored teacher ({self.path}) has no log-probabilities (text outputs only): use a "
+                             "method with CE on its outputs (seqkd), not a divergence")
+        b, t = batch.target_ids.shape
+        k = self.store.top_k or len(next(s for seqs in self._by_index.values() for s in seqs).top_ids[0])
+        ids = torch.zeros(b, t, k, dtype=torch.long)
+        log_probs = torch.zeros(b, t, k)
+        for row, (index, target) in enumerate(zip(batch.index.tolist(), batch.targets())):
+            sequence = next((s for s in self._by_index.get(index, []) if s.ids == target), None)
+            if sequence is None or sequence.top_ids is None:
+                raise ValueError(f"the stored teacher has no distributions for this sequence of training example "
+                                 f"{index}: it can only score its own stored outputs")
+            ids[row, : len(target)] = torch.tensor(sequence.top_ids)
+            log_probs[row, : len(target)] = torch.tensor(sequence.top_logprobs)
+        device = batch.target_ids.device
+        return SparseTargets(ids.to(device), log_probs.to(device))
+
+    def describe(self) -> str:
+        return f"stored teacher outputs {self.path} ({len(self.store)} inputs)"
+
+
+@dataclass(frozen=True)
+class StoredTeacherSpec:
+    """A teacher given as a file of its outputs (see kdlight.targets.store for the format).
+
+    Attributes:
+        name: label in tables.
+        path: the JSONL file.
+    """
+
+    name: str
+    path: str
+
+
+def teacher_fingerprint(model: PreTrainedModel) -> str:
+    """Identify a teacher checkpoint cheaply: its saved weight files if it came from a folder, else a
+    hash of its parameters (teachers built in memory are small; a sharded one is gathered, on every
+    rank in the same order)."""
+    folder = Path(str(getattr(model, "name_or_path", "") or ""))
+    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    if weights:
+        stats = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
+        return f"{folder.resolve()}:" + hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        full = tensor.full_tensor() if hasattr(tensor, "full_tensor") else tensor  # DTensor shards
+        digest.update(full.detach().to("cpu", torch.float32).numpy().tobytes())
+    return "params:" + digest.hexdigest()[:16]
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _read_cache(path: Path | None, key: dict) -> TargetStore | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        store = TargetStore.load(path)
+        if store.key != key:
+            raise ValueError("its key does not match")
+        return store
+    except (ValueError, KeyError, TypeError) as error:  # a cache can always be rebuilt
+        log.warning(f"teacher outputs: ignoring unreadable cache {path} ({error}); generating again")
+        return None
 
 
 def _world_size() -> int:

@@ -5,14 +5,15 @@
 
 A finished `stage=teacher` run publishes its model to `<teachers_dir>/<data>/<teacher name>`
 (the latest one wins); `teacher_from_store=true` makes a student run load its teacher from there.
-Publishing copies into a temporary folder and swaps it in, so a reader never sees half a model.
+Publishing copies into a staging folder and swaps it in (`kdlight.io.publish_dir`), so a reader
+never sees half a model.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
+
+from kdlight.io import publish_dir
 
 
 def stored_teacher(teachers_dir: str | Path, data: str, teacher: str) -> Path:
@@ -20,16 +21,7 @@ def stored_teacher(teachers_dir: str | Path, data: str, teacher: str) -> Path:
 
 
 def publish_teacher(model_dir: Path, destination: Path) -> Path:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    staging = destination.with_name(f".{destination.name}.tmp-{os.getpid()}")
-    retired = destination.with_name(f".{destination.name}.old-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(model_dir, staging)
-    if destination.exists():
-        os.rename(destination, retired)
-    os.rename(staging, destination)
-    shutil.rmtree(retired, ignore_errors=True)
-    return destination
+    return publish_dir(model_dir, destination)
 
 
 def require_stored_teacher(path: Path, data: str, teacher: str) -> Path:

@@ -18,15 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
-import shutil
-import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-from kdlight.data.spider import SpiderSource
-from kdlight.eval.sql_execution import execute
+from kdlight.eval.sql.execution import execute
+from kdlight.io import read_json, sqlite_read_only, staging_dir
+from kdlight.tasks.text2sql.spider import SpiderSource
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +59,7 @@ class Text2SQLDataSource:
             raise ValueError(f"text2sql-data split must be one of {SPLITS}, got '{self.split}'")
         for path, what in ((self.file, "dataset file"), (self.database, "database")):
             if not Path(path).is_file():
-                raise FileNotFoundError(f"text2sql-data {what} not found: {path} (set data.source.{what.split()[-1]})")
+                raise FileNotFoundError(f"text2sql-data {what} not found: {path} (source.{what.split()[-1]} must point at your copy)")
         folder = Path(self.cache_dir) / "text2sql_data" / f"{self.db_id}-{self._fingerprint()}"
         if not (folder / "done").exists():
             self._convert(folder)
@@ -87,34 +85,24 @@ class Text2SQLDataSource:
                     evaluate.append(example)
                 elif self.train_splits is None or name in self.train_splits:
                     train.append(example)
-        staging = folder.with_name(folder.name + f".{os.getpid()}.tmp")
-        shutil.rmtree(staging, ignore_errors=True)
-        (staging / "database" / self.db_id).mkdir(parents=True)
-        database = staging / "database" / self.db_id / f"{self.db_id}.sqlite"
-        database.symlink_to(Path(self.database).resolve())  # the user's copy, never duplicated
-        (staging / "tables.json").write_text(json.dumps([sqlite_schema(database, self.db_id)], indent=1))
-        (staging / "train.json").write_text(json.dumps(train, indent=1))
-        (staging / "eval.json").write_text(json.dumps(evaluate, indent=1))
-        failing = [e["query"] for e in train + evaluate if not execute(database, e["query"], 10.0, 10**6).ok]
-        (staging / "done").write_text(json.dumps({"train": len(train), "eval": len(evaluate),
-                                                  "gold_failing": len(failing)}))
-        try:
-            if not (folder / "done").exists():
-                shutil.rmtree(folder, ignore_errors=True)  # an unfinished conversion
-            os.replace(staging, folder)
-        except OSError:  # another process finished the same conversion first
-            shutil.rmtree(staging, ignore_errors=True)
-            if not (folder / "done").exists():
-                raise
+        # Built aside and renamed in whole; if another process finished the same conversion
+        # first, its copy is kept.
+        with staging_dir(folder, replace=False) as staging:
+            (staging / "database" / self.db_id).mkdir(parents=True)
+            database = staging / "database" / self.db_id / f"{self.db_id}.sqlite"
+            database.symlink_to(Path(self.database).resolve())  # the user's copy, never duplicated
+            (staging / "tables.json").write_text(json.dumps([sqlite_schema(database, self.db_id)], indent=1))
+            (staging / "train.json").write_text(json.dumps(train, indent=1))
+            (staging / "eval.json").write_text(json.dumps(evaluate, indent=1))
+            failing = [e["query"] for e in train + evaluate if not execute(database, e["query"], 10.0, 10**6).ok]
+            (staging / "done").write_text(json.dumps({"train": len(train), "eval": len(evaluate),
+                                                      "gold_failing": len(failing)}))
         log.info(f"{self.file}: {len(train)} train / {len(evaluate)} eval questions ({self.split} split, eval "
                  f"{list(self.eval_splits)}); {len(failing)} gold queries fail to execute and count as wrong")
 
 
 def _read_entries(path: Path) -> list[dict]:
-    try:
-        entries = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
+    entries = read_json(path)
     for i, entry in enumerate(entries):
         for key in ("sql", "sentences", "query-split"):
             if key not in entry:
@@ -136,8 +124,7 @@ def substitute(entry: dict, sentence: dict) -> tuple[str, str]:
 
 def sqlite_schema(database: Path, db_id: str) -> dict:
     """A Spider `tables.json` entry read from an SQLite database (declared types lower-cased)."""
-    conn = sqlite3.connect(f"file:{database}?mode=ro", uri=True)
-    try:
+    with sqlite_read_only(database) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY rowid")]
         columns, types, primary, index = [[-1, "*"]], ["text"], [], {}
         for ti, table in enumerate(tables):
@@ -153,8 +140,6 @@ def sqlite_schema(database: Path, db_id: str) -> dict:
                 source, target = (table.lower(), row[3].lower()), (row[2].lower(), (row[4] or "").lower())
                 if source in index and target in index:
                     foreign.append([index[source], index[target]])
-    finally:
-        conn.close()
     return {"db_id": db_id, "table_names_original": tables, "table_names": tables,
             "column_names_original": columns, "column_names": columns, "column_types": types,
             "primary_keys": primary, "foreign_keys": foreign}

@@ -1,8 +1,9 @@
 """Execute model-written SQL safely: read-only, one statement, a real time limit, capped rows.
 
-Predictions are untrusted model output (BENCHMARKS.md §1, Safety). Three independent guards keep a
-database unchanged: the file is opened with SQLite's `mode=ro`, `PRAGMA query_only` is set, and an
-authorizer allows only reads (no ATTACH, PRAGMA, writes or schema changes). The time limit is a
+Predictions are untrusted model output. Three independent guards keep a database unchanged: the
+file is opened with SQLite's `mode=ro`, `PRAGMA query_only` is set (both by
+`kdlight.io.open_sqlite_read_only`, the project's one read-only opener), and an authorizer allows
+only reads (no ATTACH, PRAGMA, writes or schema changes). The time limit is a
 progress handler that makes SQLite itself abort the running statement, so it also stops queries
 that never return a row (an unbounded recursive CTE under an aggregate).
 """
@@ -13,6 +14,8 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from kdlight.io import open_sqlite_read_only
 
 # Authorizer action codes that a SELECT needs; everything else is denied.
 _ALLOWED = {sqlite3.SQLITE_SELECT, sqlite3.SQLITE_READ, sqlite3.SQLITE_FUNCTION, sqlite3.SQLITE_RECURSIVE}
@@ -39,9 +42,10 @@ def execute(db_path: str | Path, sql: str, timeout_s: float = 5.0, max_rows: int
     with `error` set; nothing is raised, because a broken prediction is simply wrong.
     """
     try:
-        conn = _open_read_only(Path(db_path))
+        conn = open_sqlite_read_only(Path(db_path))
     except sqlite3.Error as err:
         return ExecResult(error=f"cannot open {db_path}: {err}")
+    conn.set_authorizer(lambda action, *_: sqlite3.SQLITE_OK if action in _ALLOWED else sqlite3.SQLITE_DENY)
     deadline = time.monotonic() + timeout_s
     conn.set_progress_handler(lambda: int(time.monotonic() > deadline), _PROGRESS_EVERY)
     try:
@@ -59,13 +63,3 @@ def execute(db_path: str | Path, sql: str, timeout_s: float = 5.0, max_rows: int
         return ExecResult(error=f"{type(err).__name__}: {err}")
     finally:
         conn.close()
-
-
-def _open_read_only(path: Path) -> sqlite3.Connection:
-    if not path.exists():  # mode=ro never creates, but say which file is missing
-        raise sqlite3.OperationalError(f"no such database file: {path}")
-    conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
-    conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
-    conn.execute("PRAGMA query_only = ON")
-    conn.set_authorizer(lambda action, *_: sqlite3.SQLITE_OK if action in _ALLOWED else sqlite3.SQLITE_DENY)
-    return conn

@@ -4,7 +4,7 @@ Deterministic for a given `GeneratorSpec`. Each database folder also holds `test
 extra databases with the same schema and different contents, so test-suite accuracy (TS) is
 stricter than execution accuracy (EX), as on the real test suites.
 
-The output is built in a temporary folder and renamed into place, so an interrupted build never
+The output is built in a staging folder and renamed into place (`kdlight.io.staging_dir`), so an interrupted build never
 leaves a half-written dataset behind, and a finished one is reused (`ensure_generated`).
 """
 
@@ -12,16 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import shutil
 import sqlite3
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from kdlight.data.sqlgen.schemas import DOMAINS, Domain, Table
-from kdlight.data.sqlgen.templates import TEMPLATES
+from kdlight.io import staging_dir
+from kdlight.tasks.text2sql.sqlgen.schemas import DOMAINS, Domain, Table
+from kdlight.tasks.text2sql.sqlgen.templates import TEMPLATES
 
 GENERATOR_VERSION = 2  # bump when the output for a given spec changes: it is part of the cache key
 
@@ -54,17 +52,8 @@ def ensure_generated(spec: GeneratorSpec, cache_dir: str | Path) -> Path:
     target = Path(cache_dir) / f"sqlgen-{spec.key()}"
     if (target / "dev.json").exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".sqlgen-", dir=target.parent))
-    try:
+    with staging_dir(target, replace=False) as staging:  # another process may finish first: keep theirs
         generate(spec, staging)
-        try:
-            os.rename(staging, target)
-        except OSError:  # another process finished first: keep theirs
-            if not (target / "dev.json").exists():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 

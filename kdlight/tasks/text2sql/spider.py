@@ -1,6 +1,6 @@
 """Spider-format text-to-SQL data: examples, schemas and the CodeS-style schema prompt.
 
-Format (BENCHMARKS.md §1): `<split>.json` with `db_id`, a question field and `query`;
+Format (docs/tasks.md, Spider family): `<split>.json` with `db_id`, a question field and `query`;
 `tables.json` with Spider schemas; databases at `<db_root>/<db_id>/<db_id>.sqlite`. A dataset may
 have several database roots, searched in order (Spider-DK's own databases before Spider's), and
 several schema files. The field names are configurable, which makes Spider-Syn
@@ -13,7 +13,6 @@ be switched off (`PromptParts`).
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sqlite3
@@ -21,6 +20,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
+
+from kdlight.data.example import Example
+from kdlight.io import read_json, sqlite_read_only
 
 log = logging.getLogger(__name__)
 
@@ -49,24 +51,6 @@ class PromptParts:
     matched_contents: bool = True
     values_per_column: int = 2
     max_value_chars: int = 25
-
-
-@dataclass
-class SqlExample:
-    """One question with its gold SQL and the databases it runs on.
-
-    `db_path` is None when the database is missing: such an example can still be trained on
-    (the schema comes from tables.json) but cannot be executed, and evaluation counts it apart.
-    `suite` lists every database of the example's test suite (all `.sqlite` in its folder).
-    """
-
-    db_id: str
-    question: str
-    query: str
-    db_path: Path | None
-    suite: list[Path] = field(default_factory=list)
-    hardness: str | None = None
-    prompt: str = ""
 
 
 @dataclass
@@ -119,25 +103,28 @@ class SpiderSource:
     def resolve(self) -> SpiderSource:
         if not Path(self.root).is_dir():
             raise FileNotFoundError(f"Spider-format dataset folder not found: {self.root} "
-                                    "(set data.source.root to your copy)")
+                                    "(its source.root must point at your copy)")
         return self
 
     def path(self, name: str) -> Path:
         return Path(self.root) / name
 
 
-def load_examples(source: SpiderSource, file: str, parts: PromptParts) -> tuple[list[SqlExample], LoadReport]:
-    """Read one split, attach databases and prompts, and report what could not be used."""
+def load_examples(source: SpiderSource, file: str, parts: PromptParts) -> tuple[list[Example], LoadReport]:
+    """Read one split, attach databases and prompts, and report what could not be used.
+
+    Each example's `meta` holds `db_id`, `db_path` (None when the database is missing: such an
+    example can still be trained on, the schema comes from tables.json, but not executed),
+    `suite` (every database of its test suite, the main one first) and the raw `question`;
+    `group` is its difficulty (Spider hardness, BIRD difficulty) when the data has one.
+    """
     source = source.resolve()
     tables = (source.tables_file,) if isinstance(source.tables_file, str) else tuple(source.tables_file)
     schemas: dict[str, dict] = {}
     for tables_file in reversed(tables):  # the first file wins
         schemas |= load_schemas(source.path(tables_file))
     path = source.path(file)
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON (line {err.lineno}): {err.msg}") from err
+    raw = read_json(path)
     report = LoadReport(str(path))
     examples = []
     for i, item in enumerate(raw):
@@ -154,10 +141,10 @@ def load_examples(source: SpiderSource, file: str, parts: PromptParts) -> tuple[
         question = item[source.question_field]
         if source.evidence_field and item[source.evidence_field]:
             question = f"{item[source.evidence_field]}\n{question}"  # BIRD with evidence: knowledge first
-        example = SqlExample(db_id, question, item[source.query_field], db_path,
-                             suite=test_suite(db_path), hardness=item.get(source.hardness_field))
-        example.prompt = build_prompt(schemas[db_id], example.question, db_path, parts)
-        examples.append(example)
+        meta = {"db_id": db_id, "db_path": str(db_path) if db_path else None,
+                "suite": tuple(str(p) for p in test_suite(db_path)), "question": question}
+        prompt = build_prompt(schemas[db_id], question, db_path, parts)
+        examples.append(Example(str(i), prompt, item[source.query_field], item.get(source.hardness_field), meta))
     report.n_examples = len(examples)
     return examples, report
 
@@ -179,10 +166,9 @@ def test_suite(db_path: Path | None) -> list[Path]:
 
 
 def load_schemas(path: Path) -> dict[str, dict]:
-    try:
-        return {entry["db_id"]: entry for entry in json.loads(Path(path).read_text())}
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"schema file not found: {path}") from err
+    if not Path(path).exists():
+        raise FileNotFoundError(f"schema file not found: {path}")
+    return {entry["db_id"]: entry for entry in read_json(path)}
 
 
 def build_prompt(schema: dict, question: str, db_path: Path | None, parts: PromptParts) -> str:
@@ -239,7 +225,7 @@ def _text_values(db_path: str, per_column: int = 2000) -> tuple[tuple[str, str, 
 
 def _distinct_values(db_path: str, limit: int, text_only: bool = False):
     """(table, column, distinct non-null values) per column; unreadable columns are skipped."""
-    with _read_only(db_path) as conn:
+    with sqlite_read_only(db_path) as conn:
         for table, column in _columns(conn):
             where = f"typeof(\"{column}\") = 'text'" if text_only else f'"{column}" IS NOT NULL'
             try:
@@ -261,17 +247,3 @@ def match_contents(db_path: str, question: str, limit: int = 6) -> list[tuple[st
 def _columns(conn: sqlite3.Connection) -> list[tuple[str, str]]:
     tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     return [(t, r[1]) for t in tables for r in conn.execute(f'PRAGMA table_info("{t}")')]
-
-
-class _read_only:
-    """A read-only connection that always closes (sqlite3's own context manager does not)."""
-
-    def __init__(self, path: str):
-        self.conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        self.conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
-
-    def __enter__(self) -> sqlite3.Connection:
-        return self.conn
-
-    def __exit__(self, *exc) -> None:
-        self.conn.close()

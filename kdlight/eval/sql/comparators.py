@@ -1,4 +1,4 @@
-"""The three execution-accuracy comparators found in the wild (BENCHMARKS.md §1, Metrics).
+"""The three execution-accuracy comparators found in the wild (docs/tasks.md, text-to-SQL metrics).
 
 They disagree on real predictions, so each is named and selectable:
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import sqlparse
 
-from kdlight.eval.sql_execution import ExecResult
+from kdlight.eval.sql.execution import ExecResult
 
 _MAX_PERMUTATIONS = 5040  # 7 columns; wider results fall back to constrained search
 
@@ -47,11 +47,23 @@ def repair_operators(sql: str) -> str:
 
 
 def remove_distinct(sql: str) -> str:
-    """Drop the DISTINCT keyword outside string literals, as the test-suite evaluation does."""
+    """Drop the DISTINCT keyword outside string literals, as the test-suite evaluation does.
+
+    Only whitespace *between* tokens is collapsed: a literal is kept exactly as written, so
+    `'Joe  Sharp'` (two spaces) still fails to match a stored 'Joe Sharp'.
+    """
     # Every statement is kept: a prediction with two statements must still fail as one.
     tokens = [t for statement in sqlparse.parse(sql) for t in statement.flatten()]
-    kept = [t.value for t in tokens if not (t.ttype in sqlparse.tokens.Keyword and t.normalized == "DISTINCT")]
-    return re.sub(r"\s+", " ", "".join(kept)).strip()
+    kept: list[str] = []
+    for token in tokens:
+        if token.ttype in sqlparse.tokens.Keyword and token.normalized == "DISTINCT":
+            continue
+        if token.is_whitespace:
+            if kept and kept[-1] != " ":
+                kept.append(" ")
+        else:
+            kept.append(token.value)
+    return "".join(kept).strip()
 
 
 def has_order_by(sql: str) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 
-from kdlight.data.sqlgen.schemas import Column, Domain, Table
+from kdlight.tasks.text2sql.sqlgen.schemas import Column, Domain, Table
 
 Rows = dict[str, list[dict]]
 Template = Callable[[Domain, Rows, random.Random], "tuple[str, str] | None"]

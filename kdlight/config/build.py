@@ -1,0 +1,107 @@
+"""The one place where a Hydra config becomes typed components (a `Run` or an `EvalRun`).
+
+Everything past this module takes typed arguments; a misspelt key fails at composition (the
+configs are structured), a wrong value when its component is built here.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from typing import Any
+
+from hydra.utils import instantiate
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from omegaconf import DictConfig, OmegaConf
+
+from kdlight.models.build import ModelSpec
+from kdlight.run.evaluate import EvalRun
+from kdlight.run.spec import Run
+from kdlight.training.teacher import StoredTeacherSpec
+from kdlight.training.teacher_store import require_stored_teacher, stored_teacher
+
+log = logging.getLogger(__name__)
+
+REQUEUE_OWNERS = ("launcher", "lightning")
+
+
+def build_run(cfg: DictConfig) -> Run:
+    """The `Run` a `kdlight-train` config describes."""
+    method = instantiate(cfg.method, _convert_="object")
+    trained, teacher = _models(cfg, method.needs_teacher or (cfg.stage == "student" and cfg.teacher_kl))
+    return Run(
+        data=instantiate(cfg.data, _convert_="object"),
+        student=trained,
+        method=method,
+        teacher=teacher,
+        benchmarks=_benchmarks(cfg),
+        tokenizer=instantiate(cfg.tokenizer),
+        optimizer=instantiate(cfg.optimizer),
+        loop=instantiate(cfg.loop),
+        trainer=instantiate(cfg.trainer, _convert_="all"),
+        logger=instantiate(cfg.logger) if cfg.logger else None,
+        callbacks=[instantiate(c) for c in cfg.callbacks.values()],
+        plugins=slurm_plugins(cfg.requeue_owner),
+        seed=cfg.seed,
+        threads=cfg.threads,
+        checkpoint_every_n_steps=cfg.checkpoint_every_n_steps,
+        teacher_kl=cfg.teacher_kl and cfg.stage == "student",
+        skip_finished=cfg.skip_finished,
+        data_name=cfg.data_name,
+        label=cfg.label,
+        stage=cfg.stage,
+        config=resolved(cfg),
+    )
+
+
+def build_eval(cfg: DictConfig) -> EvalRun:
+    """The `EvalRun` a `kdlight-eval` config describes."""
+    return EvalRun(data=instantiate(cfg.data, _convert_="object"), model=instantiate(cfg.model),
+                   benchmarks=_benchmarks(cfg), tokenizer=instantiate(cfg.tokenizer), seed=cfg.seed,
+                   threads=cfg.threads, device=cfg.device, data_name=cfg.data_name, label=cfg.label)
+
+
+def _models(cfg: DictConfig, needs_teacher: bool) -> tuple[ModelSpec, ModelSpec | StoredTeacherSpec | None]:
+    """The model to train and the teacher (if the method needs one, or `teacher_kl` asks for the
+    student's held-out KL from it)."""
+    if cfg.stage == "teacher":
+        if needs_teacher:
+            raise ValueError(f"stage=teacher fine-tunes the teacher on its own, so the method must need no teacher "
+                             f"(use method=sft); got method={cfg.method.name}")
+        trained = instantiate(cfg.teacher)
+        if not isinstance(trained, ModelSpec):
+            raise ValueError("stage=teacher trains the teacher config, which must be a model (not stored outputs)")
+        return trained, None
+    if cfg.stage != "student":
+        raise ValueError(f"stage must be 'teacher' or 'student', got '{cfg.stage}'")
+    teacher = instantiate(cfg.teacher) if needs_teacher else None
+    if isinstance(teacher, ModelSpec) and cfg.teacher_from_store:
+        store = stored_teacher(cfg.paths.teachers_dir, cfg.data_name, teacher.name)
+        teacher = replace(teacher, path=str(require_stored_teacher(store, cfg.data_name, teacher.name)))
+    return instantiate(cfg.student), teacher
+
+
+def _benchmarks(cfg: DictConfig) -> dict[str, Any]:
+    return {name: instantiate(spec, _convert_="object") for name, spec in (cfg.benchmarks or {}).items()}
+
+
+def slurm_plugins(requeue_owner: str) -> list:
+    """The SLURM requeue owner.
+
+    Under SLURM both Lightning (SLURMEnvironment) and the submitit launcher can requeue a job that
+    reaches its time limit; two owners requeue it twice. With `requeue_owner=launcher` (default)
+    Lightning's auto-requeue is off and submitit requeues (`hydra.launcher.max_num_timeout`); the
+    job re-runs in the same folder and resumes from checkpoints/last.ckpt. Use
+    `requeue_owner=lightning` for plain `sbatch` scripts without the launcher.
+    """
+    if requeue_owner not in REQUEUE_OWNERS:
+        raise ValueError(f"requeue_owner must be one of {REQUEUE_OWNERS}, got '{requeue_owner}'")
+    if requeue_owner == "launcher" and SLURMEnvironment.detect():
+        return [SLURMEnvironment(auto_requeue=False)]
+    return []
+
+
+def resolved(cfg: DictConfig) -> dict:
+    """The run's config as plain data, without Hydra's own section."""
+    return {key: OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+            for key, value in cfg.items() if key != "hydra"}

@@ -1,0 +1,257 @@
+"""The one data module: any task's examples -> tokenised, batched, resumable loaders.
+
+What it does for every task family alike:
+- loads the task's splits (train, unlabeled, eval) and each evaluation-only benchmark's eval split,
+  applying the limits, and asks each scorer to check its set before any training (a benchmark that
+  cannot be scored fails here, not after training);
+- tokenises prompts (BOS first; an over-long prompt loses its start, which keeps the question at
+  the end) and targets (EOS last; cut to the maximum), counting and logging every cut;
+- serves the training loader (labeled examples, then unlabeled inputs when the method can use
+  them) in a seeded per-epoch order, sharded by rank and resumable mid-epoch
+  (`kdlight.data.sampler`), and one evaluation loader per evaluation set;
+- gives sources that precompute targets every training prompt (`train_prompts`).
+
+The tokenizer is bound late (`connect`), because a trained tokenizer needs the training text first.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import partial
+
+import lightning as L
+from torch.utils.data import DataLoader
+from torchdata.stateful_dataloader import StatefulDataLoader
+from transformers import PreTrainedTokenizerBase
+
+from kdlight.data.batch import Batch, collate
+from kdlight.data.example import Example
+from kdlight.data.sampler import EpochSampler
+from kdlight.models.decoding import Decoding
+from kdlight.tasks.base import Task
+
+log = logging.getLogger(__name__)
+# torchdata 0.11 calls a deprecated torch function on every loader; nothing a user can act on.
+warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+
+Encoded = tuple[list[int], list[int] | None, int]  # prompt ids, target ids (None: unlabeled), index
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """A task and how it is fed to the models.
+
+    Attributes:
+        task: where the examples come from and what scores them.
+        decoding: how predictions are decoded for evaluation.
+        batch_size: training examples per optimisation step (per device).
+        eval_batch_size: examples per evaluation batch (teacher-forced loss and decoding).
+        max_prompt_tokens: longer prompts lose their start (counted and logged).
+        max_target_tokens: longer targets are cut, EOS kept (counted and logged).
+        limit_train: use the first N training examples (None: all).
+        limit_unlabeled: use the first N unlabeled inputs (None: all).
+        limit_eval: evaluate on the first N examples of every evaluation set (None: all).
+        num_workers: DataLoader worker processes.
+    """
+
+    task: Task
+    decoding: Decoding = field(default_factory=Decoding)
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    max_prompt_tokens: int = 512
+    max_target_tokens: int = 128
+    limit_train: int | None = None
+    limit_unlabeled: int | None = None
+    limit_eval: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class EvalSet:
+    """One evaluation set: the run's own eval split or an evaluation-only benchmark.
+
+    Attributes:
+        name: its name in tables (the data name, or the benchmark's).
+        prefix: its metrics' prefix (`eval` for the run's own split, else the benchmark's name).
+        task: the task it comes from (and its scorer).
+        examples: the examples, in order (batch index = position here).
+        notes: what a reader of its scores must know (from the scorer's check).
+    """
+
+    name: str
+    prefix: str
+    task: Task
+    examples: list[Example]
+    notes: list[str] = field(default_factory=list)
+    encoded: list[Encoded] = field(default_factory=list, repr=False)
+
+    @property
+    def predictions_file(self) -> str:
+        return "predictions.jsonl" if self.prefix == "eval" else f"predictions_{self.prefix}.jsonl"
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    """A training prompt, for sources that write targets before training (teacher outputs).
+
+    Attributes:
+        index: the example's index in the training items (what batches carry).
+        id: the example's id.
+        text: the prompt text.
+        ids: the prompt's token ids, as the models see them.
+        labeled: whether the example has a gold target.
+    """
+
+    index: int
+    id: str
+    text: str
+    ids: list[int]
+    labeled: bool
+
+
+class TaskDataModule(L.LightningDataModule):
+    """Batches of any task for any model (causal and seq2seq LMs read the same `Batch`).
+
+    Args:
+        spec: the task and its loader settings.
+        name: the data's name in tables and logs (e.g. `sqlgen`).
+        benchmarks: evaluation-only tasks scored after training, by name.
+        seed: the training order, shared by every method so comparisons are fair.
+        use_unlabeled: train on the task's unlabeled inputs too (for methods whose sequences do
+            not need a gold target).
+    """
+
+    def __init__(self, spec: DataSpec, name: str = "data", benchmarks: Mapping[str, Task] | None = None,
+                 seed: int = 0, use_unlabeled: bool = False):
+        super().__init__()
+        self.spec, self.name, self.seed, self.use_unlabeled = spec, name, seed, use_unlabeled
+        self.benchmarks = dict(benchmarks or {})
+        self.tokenizer: PreTrainedTokenizerBase | None = None
+        self.train_examples: list[Example] = []
+        self.unlabeled_examples: list[Example] = []
+        self.eval_sets: list[EvalSet] = []
+        self._train: list[Encoded] = []
+        self._loaded = self._encoded = False
+
+    # --- loading ---------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        with _named(f"data '{self.name}'", "data.task"):
+            self.spec.task.prepare()
+        for name, task in self.benchmarks.items():
+            with _named(f"benchmark '{name}'", f"benchmarks.{name}.source"):
+                task.prepare()
+
+    def load(self) -> None:
+        """Read every split and check every evaluation set (idempotent; before any training)."""
+        if self._loaded:
+            return
+        self.prepare_data()
+        spec = self.spec
+        with _named(f"data '{self.name}'", "data.task"):
+            self.train_examples = spec.task.load("train")[: spec.limit_train]
+            if self.use_unlabeled:
+                self.unlabeled_examples = spec.task.load("unlabeled")[: spec.limit_unlabeled]
+        self.eval_sets = [self._eval_set(self.name, "eval", spec.task)]
+        self.eval_sets += [self._eval_set(name, name, task) for name, task in self.benchmarks.items()]
+        if self.unlabeled_examples:
+            log.info(f"{self.name}: training on {len(self.train_examples)} labeled examples and "
+                     f"{len(self.unlabeled_examples)} unlabeled inputs")
+        self._loaded = True
+
+    def _eval_set(self, name: str, prefix: str, task: Task) -> EvalSet:
+        what = f"benchmark '{name}'" if prefix != "eval" else f"data '{name}' (evaluation split)"
+        with _named(what, f"benchmarks.{name}.source" if prefix != "eval" else "data.task", task):
+            examples = task.load("eval")[: self.spec.limit_eval]
+            notes = task.scorer().check(examples, name)
+        for note in notes:
+            log.warning(note)
+        return EvalSet(name, prefix, task, examples, notes)
+
+    def training_texts(self) -> Iterator[str]:
+        """Text a tokenizer is trained on: every training prompt and target."""
+        self.load()
+        for example in self.train_examples + self.unlabeled_examples:
+            yield example.prompt
+            if example.target is not None:
+                yield example.target
+
+    # --- tokenisation ----------------------------------------------------------------------------
+    def connect(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        self.tokenizer = tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._encoded:
+            return
+        if self.tokenizer is None:
+            raise RuntimeError("TaskDataModule.connect(tokenizer) must be called before setup()")
+        self.load()
+        self._train = self._encode("train", self.train_examples + self.unlabeled_examples)
+        for eval_set in self.eval_sets:
+            eval_set.encoded = self._encode(eval_set.name, eval_set.examples)
+        self._encoded = True
+
+    def _encode(self, name: str, examples: list[Example]) -> list[Encoded]:
+        if not examples:
+            return []
+        tok, spec = self.tokenizer, self.spec
+        prompts = tok([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+        labeled = [e.target for e in examples if e.target is not None]
+        targets = iter(tok(labeled, add_special_tokens=False)["input_ids"] if labeled else [])
+        targets = [next(targets) if e.target is not None else None for e in examples]
+        cut_p = sum(len(p) + 1 > spec.max_prompt_tokens for p in prompts)
+        cut_t = sum(t is not None and len(t) + 1 > spec.max_target_tokens for t in targets)
+        if cut_p or cut_t:
+            log.warning(f"{name}: {cut_p} of {len(examples)} prompts cut to {spec.max_prompt_tokens} tokens (their "
+                        f"start dropped), {cut_t} targets cut to {spec.max_target_tokens} tokens")
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        return [((bos + p)[-spec.max_prompt_tokens:],
+                 None if t is None else t[: spec.max_target_tokens - 1] + [tok.eos_token_id], i)
+                for i, (p, t) in enumerate(zip(prompts, targets))]
+
+    def train_prompts(self) -> list[PromptItem]:
+        """Every training prompt (labeled and unlabeled), as the training batches index them."""
+        self.setup()
+        examples = self.train_examples + self.unlabeled_examples
+        return [PromptItem(i, e.id, e.prompt, p, t is not None) for (p, t, i), e in zip(self._train, examples)]
+
+    # --- loaders ---------------------------------------------------------------------------------
+    def _collate(self):
+        return partial(_collate, pad_id=self.tokenizer.pad_token_id)
+
+    def train_dataloader(self) -> StatefulDataLoader:
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        sampler = EpochSampler(len(self._train), self.spec.batch_size, self.seed, rank, world)
+        return StatefulDataLoader(self._train, sampler=sampler, batch_size=self.spec.batch_size, drop_last=False,
+                                  num_workers=self.spec.num_workers, collate_fn=self._collate())
+
+    def eval_loader(self, eval_set: EvalSet) -> DataLoader:
+        """Every rank sees every example of the set; rank 0 scores them."""
+        return DataLoader(eval_set.encoded, batch_size=self.spec.eval_batch_size, shuffle=False,
+                          num_workers=self.spec.num_workers, collate_fn=self._collate())
+
+    def val_dataloader(self) -> DataLoader:
+        """The run's own evaluation split, teacher-forced (held-out CE and KL)."""
+        return self.eval_loader(self.eval_sets[0])
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.eval_loader(self.eval_sets[0])
+
+
+@contextmanager
+def _named(what: str, settings: str, task: Task | None = None) -> Iterator[None]:
+    """Data errors say which data set or benchmark they concern and where it is configured."""
+    try:
+        yield
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        where = f" [{task.describe()}]" if task is not None and not isinstance(error, FileNotFoundError) else ""
+        raise type(error)(f"{what}: {error}{where} (settings: {settings}; shared copies: KDLIGHT_DATA)") from error
+
+
+def _collate(items: list[Encoded], pad_id: int) -> Batch:
+    prompts, targets, index = zip(*items)
+    return collate(list(prompts), list(targets), list(index), pad_id)

@@ -1,0 +1,148 @@
+"""Decoding: one typed setting for evaluation and every generator (teacher outputs, student
+samples, pseudo-targets), and the one batched decoder that applies it.
+
+Every decoding choice is passed to Hugging Face `generate` explicitly, and the model's own
+`generation_config` (which a pretrained checkpoint may fill with `top_k`, `repetition_penalty`,
+`no_repeat_ngram_size`, forced tokens, ...) is set aside for the call, so neither a checkpoint's
+settings nor a library default leaks in. The leak this guards against was real: `transformers`
+fills an unset `top_k` with 50, so "sampling from the student" silently sampled from its top 50
+tokens only, while GKD and ImitKD sample from the full distribution (`top_k: 0` here).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+
+import torch
+from transformers import GenerationConfig, PreTrainedModel
+
+from kdlight.data.batch import Batch
+
+STRATEGIES = ("greedy", "beam", "sample")
+
+
+@dataclass(frozen=True)
+class Decoding:
+    """How to decode continuations.
+
+    Attributes:
+        strategy: `greedy`, `beam` (beam search) or `sample` (ancestral sampling).
+        num_beams: beams for `beam` (at least 2); 1 otherwise.
+        temperature: softmax temperature for `sample`.
+        top_p: nucleus threshold for `sample` (1.0: no nucleus cut).
+        top_k: keep only the k most likely tokens for `sample` (0: the full vocabulary).
+        num_return_sequences: continuations per prompt (`beam`: the best ones, at most
+            `num_beams`; `sample`: independent draws).
+        max_new_tokens: longest continuation, EOS included.
+        length_penalty: beam search's exponent on the length when ranking finished beams
+            (1.0: the mean log-probability per token, as Hugging Face ranks them).
+    """
+
+    strategy: str = "greedy"
+    num_beams: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    num_return_sequences: int = 1
+    max_new_tokens: int = 128
+    length_penalty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"decoding strategy must be one of {STRATEGIES}, got '{self.strategy}'")
+        if self.strategy == "beam" and self.num_beams < 2:
+            raise ValueError(f"beam search needs num_beams >= 2, got {self.num_beams} (use strategy=greedy)")
+        if self.strategy != "beam" and self.num_beams != 1:
+            raise ValueError(f"num_beams={self.num_beams} only goes with strategy=beam, not '{self.strategy}'")
+        if self.strategy == "greedy" and self.num_return_sequences != 1:
+            raise ValueError("greedy decoding returns one sequence per prompt; use beam or sample for more")
+        if self.strategy == "beam" and self.num_return_sequences > self.num_beams:
+            raise ValueError(f"num_return_sequences ({self.num_return_sequences}) cannot exceed num_beams "
+                             f"({self.num_beams})")
+        if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
+            raise ValueError(f"sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0; got "
+                             f"{self.temperature}, {self.top_p}, {self.top_k}")
+        if self.max_new_tokens < 1 or self.num_return_sequences < 1:
+            raise ValueError("max_new_tokens and num_return_sequences must be at least 1")
+
+    def key(self) -> dict:
+        """The settings that determine the output (for cache keys): sampling settings only when
+        sampling, beam settings only for beam search."""
+        key = {"strategy": self.strategy, "max_new_tokens": self.max_new_tokens,
+               "num_return_sequences": self.num_return_sequences}
+        if self.strategy == "beam":
+            key |= {"num_beams": self.num_beams, "length_penalty": self.length_penalty}
+        if self.strategy == "sample":
+            key |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
+        return key
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def generation_config(decoding: Decoding, eos_id: int, pad_id: int, suppress: list[int] | None = None,
+                      decoder_start_id: int | None = None) -> GenerationConfig:
+    """A complete `GenerationConfig` for `decoding`: every field that changes the output is set
+    (fields left None have no effect once the model's own settings are set aside)."""
+    sample = decoding.strategy == "sample"
+    return GenerationConfig(
+        do_sample=sample,
+        num_beams=decoding.num_beams,
+        num_return_sequences=decoding.num_return_sequences,
+        max_new_tokens=decoding.max_new_tokens,
+        min_new_tokens=0,
+        # Sampling settings only when sampling: given to greedy or beam search they change nothing
+        # but make transformers warn.
+        temperature=decoding.temperature if sample else None,
+        top_p=decoding.top_p if sample else None,
+        top_k=decoding.top_k if sample else None,
+        typical_p=1.0,
+        epsilon_cutoff=0.0,
+        eta_cutoff=0.0,
+        repetition_penalty=1.0,
+        encoder_repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        encoder_no_repeat_ngram_size=0,
+        length_penalty=decoding.length_penalty,
+        early_stopping=False,
+        renormalize_logits=False,
+        suppress_tokens=suppress or None,
+        eos_token_id=eos_id,
+        pad_token_id=pad_id,
+        decoder_start_token_id=decoder_start_id,
+        use_cache=True,
+    )
+
+
+@contextlib.contextmanager
+def _own_generation_config(model: PreTrainedModel) -> Iterator[None]:
+    """Set the model's stored generation settings aside (HF fills unset fields from them)."""
+    saved = model.generation_config
+    model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved
+
+
+@torch.no_grad()
+def generate(model: PreTrainedModel, batch: Batch, decoding: Decoding, eos_id: int, pad_id: int, vocab_size: int,
+             synced: bool = False) -> list[list[int]]:
+    """Decode `decoding.num_return_sequences` continuations per prompt, batched, with the KV cache.
+
+    Returns B x num_return_sequences token lists, prompt-major (all of prompt 0's, then prompt
+    1's, ...), each cut after its first EOS (kept). Token ids at or above `vocab_size` (padding
+    rows of the embedding) are never produced. `synced`: keep stepping until every rank is done,
+    which a model sharded across ranks needs (its forward is collective). Works for causal LMs
+    (left-padded prompts) and seq2seq LMs (prompt to the encoder).
+    """
+    model_vocab = model.get_output_embeddings().weight.shape[0]
+    start = model.config.decoder_start_token_id if model.config.is_encoder_decoder else None
+    config = generation_config(decoding, eos_id, pad_id, list(range(vocab_size, model_vocab)), start)
+    with _own_generation_config(model):
+        out = model.generate(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, generation_config=config,
+                             synced_gpus=synced)
+    new = out[:, 1:] if model.config.is_encoder_decoder else out[:, batch.prompt_ids.shape[1]:]
+    return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in new.tolist()]

@@ -1,0 +1,168 @@
+"""`train(run, out)`: build what a `Run` names, fit, save, evaluate; no Hydra needed.
+
+Outputs of one run, in `out`:
+  model/             the trained model and its tokenizer (HF format: a later run's `path`)
+  checkpoints/       `last.ckpt` (student only), written atomically; a re-run in the same folder
+                     resumes from it and ends exactly as an uninterrupted run would
+  metrics.json       every final metric, the step time and the run's identity; `benchmarks` lists
+                     each evaluation set's name, metrics prefix, table metrics, scoring settings
+                     and notes, in order
+  predictions.jsonl  one scored prediction per evaluation example (predictions_<name>.jsonl for
+                     each extra benchmark)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from kdlight.data.module import TaskDataModule
+from kdlight.data.tokenizer import has_tokenizer, load_tokenizer, resolve_tokenizer
+from kdlight.io import write_json
+from kdlight.models.build import ModelSpec, build_model, count_parameters, save_model
+from kdlight.models.vocab import ModelVocab, VocabularyMismatch, add_mask_token, shared_vocab_size
+from kdlight.run.evaluate import score_eval_sets
+from kdlight.run.spec import Run, RunResult
+from kdlight.targets.store import TargetStore
+from kdlight.training.callbacks import StepTimer
+from kdlight.training.checkpoint_io import AtomicCheckpointIO
+from kdlight.training.module import DistillationModule
+from kdlight.training.teacher import LiveTeacher, StoredTeacher, StoredTeacherSpec, Teacher
+
+log = logging.getLogger(__name__)
+
+
+def train(run: Run, out: str | Path) -> RunResult:
+    """Train `run.student` with `run.method`, evaluate it, and write everything to `out`."""
+    out = Path(out)
+    if run.skip_finished and (out / "metrics.json").exists():
+        log.info(f"{out} already has metrics.json (skip_finished): not run again")
+        return RunResult(json.loads((out / "metrics.json").read_text()), out, out / "model", reused=True)
+    L.seed_everything(run.seed, workers=True)
+    if run.threads:
+        torch.set_num_threads(run.threads)
+    teacher_spec = run.teacher if (run.method.needs_teacher or run.teacher_kl) else None
+    _check_teacher(run, teacher_spec)
+    datamodule = TaskDataModule(run.data, run.data_name, run.benchmarks, seed=run.seed,
+                                use_unlabeled=run.method.uses_unlabeled)
+    datamodule.load()  # every split and benchmark now, so a missing copy fails before training
+    model_paths = [s.path for s in (run.student, teacher_spec) if isinstance(s, ModelSpec)]
+    tokenizer = resolve_tokenizer(run.tokenizer, model_paths, datamodule.training_texts(), out / "tokenizer")
+    datamodule.connect(tokenizer)
+    student = build_model(run.student, tokenizer)
+    teacher = _build_teacher(teacher_spec, run, tokenizer)
+    vocab_size = _shared_vocab(run, tokenizer, student, teacher_spec, teacher)
+    module = DistillationModule(student, run.method, tokenizer, vocab_size, run.optimizer, run.loop, teacher,
+                                seed=run.seed, decoding=run.data.decoding)
+    trainer = _trainer(run, out)
+    for experiment_logger in trainer.loggers:  # the whole configuration, so every run says what it was
+        experiment_logger.log_hyperparams(dict(run.config or {"method": run.method.name, "student": run.student.name}))
+    identity = {"method": run.method.name, "label": run.label or run.method.name, "stage": run.stage,
+                "model": run.student.name, "data": run.data_name, "seed": run.seed,
+                "teacher": teacher_spec.name if teacher_spec is not None else None,
+                "teacher_params": count_parameters(teacher.model) if isinstance(teacher, LiveTeacher) else None}
+    log.info(f"{run.stage} {run.student.name} ({count_parameters(student):,} parameters) with {run.method.name}"
+             + (f", teacher {teacher.describe()}" if teacher is not None else ""))
+    metrics = fit_and_evaluate(module, trainer, datamodule, out, identity)
+    return RunResult(metrics, out, out / "model")
+
+
+def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule: TaskDataModule, out: Path,
+                     identity: dict) -> dict:
+    """Fit (resuming from `checkpoints/last.ckpt` if present), save, then decode and score every
+    evaluation set. Returns the metrics (empty on ranks other than 0)."""
+    timer = next(cb for cb in trainer.callbacks if isinstance(cb, StepTimer))
+    last = out / "checkpoints" / "last.ckpt"
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    fit_s = time.perf_counter() - started
+    # A final held-out pass, so every run reports val/* for its final weights whatever the
+    # validation interval was.
+    validation = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
+    if trainer.is_global_zero:
+        save_model(module.student, module.tokenizer, out / "model")
+
+    def decode(eval_set) -> dict[int, list[int]]:
+        outputs = trainer.predict(module, dataloaders=datamodule.eval_loader(eval_set))
+        return {i: ids for batch in outputs for i, ids in batch}
+
+    if not trainer.is_global_zero:
+        for eval_set in datamodule.eval_sets:  # every rank decodes (collective with a sharded teacher)
+            decode(eval_set)
+        return {}
+    scores, index = score_eval_sets(datamodule.eval_sets, decode, module.tokenizer, out)
+    metrics = {**identity, "params": count_parameters(module.student), "steps": trainer.global_step,
+               "step_time_s": timer.median_step_s, "fit_time_s": fit_s, **validation, **scores, "benchmarks": index}
+    write_json(out / "metrics.json", metrics)
+    for logger in trainer.loggers:
+        logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=trainer.global_step)
+        logger.save()
+    return metrics
+
+
+def _trainer(run: Run, out: Path) -> L.Trainer:
+    """A Trainer with what resuming needs (a periodic atomic `last.ckpt`) and the step timer."""
+    checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
+                                 every_n_train_steps=run.checkpoint_every_n_steps)
+    # kdlight's train loader shards by rank itself (and resumes mid-epoch): no DistributedSampler.
+    return L.Trainer(**run.trainer, default_root_dir=out, logger=run.logger or False, use_distributed_sampler=False,
+                     callbacks=[checkpoint, StepTimer(), *run.callbacks],
+                     plugins=[AtomicCheckpointIO(), *run.plugins])
+
+
+def _check_teacher(run: Run, spec: ModelSpec | StoredTeacherSpec | None) -> None:
+    if run.method.needs_teacher and spec is None:
+        raise ValueError(f"method '{run.method.name}' needs a teacher: set one (a model, or a file of its outputs)")
+    if isinstance(spec, StoredTeacherSpec):
+        source = run.method.source
+        if run.method.divergence is not None and not source.only_teacher_outputs:
+            raise ValueError(f"method '{run.method.name}' compares the student with the teacher on sequences that are "
+                             f"not the teacher's own outputs; a stored teacher ({spec.path}) has distributions only "
+                             "for those: use a live teacher, or a method on its outputs (seqkd, seqkd_fkl)")
+        if run.teacher_kl:
+            raise ValueError("teacher_kl needs a live teacher (a stored one cannot score the evaluation targets)")
+    if isinstance(spec, ModelSpec) and spec.path is None and run.method.needs_teacher:
+        log.warning(f"method {run.method.name} distils from a randomly initialised teacher: set teacher.path=<teacher "
+                    "run>/model to distil from a trained one")
+
+
+def _build_teacher(spec: ModelSpec | StoredTeacherSpec | None, run: Run,
+                   tokenizer: PreTrainedTokenizerBase) -> Teacher | None:
+    if spec is None:
+        return None
+    if isinstance(spec, StoredTeacherSpec):
+        limit = run.data.max_target_tokens
+
+        def encode(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"][: limit - 1] + [tokenizer.eos_token_id]
+
+        return StoredTeacher(TargetStore.load(spec.path, encode), spec.path)
+    return LiveTeacher(build_model(spec, tokenizer), run.loop.teacher_placement, run.method.teacher_dropout)
+
+
+def _shared_vocab(run: Run, tokenizer: PreTrainedTokenizerBase, student: PreTrainedModel,
+                  teacher_spec: ModelSpec | StoredTeacherSpec | None, teacher: Teacher | None) -> int:
+    """The vocabulary teacher and student share (a mask token is added first if the method needs one)."""
+    def own(path: str | None):
+        return load_tokenizer(path) if has_tokenizer(path) else None
+
+    entries = [ModelVocab(run.stage, student, own(run.student.path))]
+    if isinstance(teacher, LiveTeacher):
+        entries.append(ModelVocab("teacher", teacher.model, own(teacher_spec.path)))
+    vocab_size = shared_vocab_size(tokenizer, entries)
+    if isinstance(teacher, StoredTeacher) and teacher.store.vocab_size not in (None, vocab_size):
+        raise VocabularyMismatch(f"the stored teacher outputs ({teacher.path}) use a {teacher.store.vocab_size}-token "
+                                 f"vocabulary, the run's tokenizer has {vocab_size}")
+    models = [m for m in (student, teacher.model if isinstance(teacher, LiveTeacher) else None) if m is not None]
+    if run.method.source.needs_mask_token and add_mask_token(tokenizer, models):
+        vocab_size = len(tokenizer)
+        log.info(f"the tokenizer had no mask token: added {tokenizer.mask_token} (id {tokenizer.mask_token_id}) for "
+                 f"{run.method.name}; it is saved with the student's tokenizer")
+    return vocab_size

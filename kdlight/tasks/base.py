@@ -1,0 +1,39 @@
+"""A task: where its examples come from, split by split, and what scores its predictions.
+
+Splits: `train` (labeled examples), `unlabeled` (inputs without targets, for methods that make
+their own: teacher outputs, student samples), `eval` (held-out, scored after training). An
+evaluation-only benchmark (Spider-DK, BIRD, ...) is a task with only an `eval` split. A new task
+family is one `Task` subclass, one `Scorer` (kdlight/eval) and a YAML in `conf/data/`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+from kdlight.data.example import Example
+from kdlight.eval.scorer import Scorer
+
+SPLITS = ("train", "unlabeled", "eval")
+
+
+class Task(ABC):
+    """A task family's data and scoring."""
+
+    @abstractmethod
+    def load(self, split: str) -> list[Example]:
+        """The examples of `split` (one of `SPLITS`); an empty list for a split the task lacks."""
+
+    @abstractmethod
+    def scorer(self) -> Scorer:
+        """What scores decoded predictions of this task's examples."""
+
+    def prepare(self) -> None:
+        """One-off work before loading (generating data, converting a format); runs on one process."""
+
+    def describe(self) -> str:
+        """One line for logs: what the task reads."""
+        return type(self).__name__
+
+    def check_split(self, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"{self.describe()}: unknown split '{split}'; expected one of {SPLITS}")
