@@ -23,6 +23,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+FAILURE_FILE = "error.txt"  # a run that failed writes its traceback here (reports list it as failed)
+
 
 def _temporary_sibling(path: Path, suffix: str = ".tmp") -> Path:
     """A new, unique, empty file next to `path` (same file system, so `os.replace` is atomic)."""

@@ -162,5 +162,5 @@ def test_evaluate_from_python_and_kdlight_eval_score_a_saved_model_as_training_d
                                timeout=600, cwd=REPO)
     assert untrained.returncode == 0, untrained.stderr[-3000:]
     zero = json.loads((tmp_path / "zero" / "metrics.json").read_text())
-    assert (zero["label"], zero["model"], zero["eval/n"]) == ("zero-shot", "llama-xs", 12)
+    assert (zero["label"], zero["model"], zero["eval/n"]) == ("untrained", "llama-xs", 12)
     assert len((tmp_path / "zero" / "predictions.jsonl").read_text().splitlines()) == 12

@@ -121,6 +121,14 @@ def test_epoch_sampler_shards_global_batches_and_resumes():
     second = EpochSampler(21, 4, seed=3)
     second.set_epoch(2)
     assert [x.tolist() for x in resumed] == batches(second)
+    # Saved after the last batch of epoch 1: a loader that asks for indices before Lightning sets
+    # the next epoch (as worker processes do) starts epoch 2, never an empty epoch.
+    finished = StatefulDataLoader(list(range(21)), sampler=single, batch_size=4)
+    assert [x.tolist() for x in finished] == full
+    at_end = EpochSampler(21, 4, seed=3)
+    restored = StatefulDataLoader(list(range(21)), sampler=at_end, batch_size=4)
+    restored.load_state_dict(finished.state_dict())
+    assert [x.tolist() for x in restored] == batches(second)
 
 
 @pytest.mark.parametrize("placement", ["replicate", "shard"])

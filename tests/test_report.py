@@ -53,8 +53,9 @@ def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, cap
     steps = {m: statistics.fmean(r["step_time_s"] for r in runs if r["method"] == m) for m in ("sft", "rkd")}
     assert float(rows["rkd"]["relative_step"]) == pytest.approx(steps["rkd"] / steps["sft"])
     assert float(rows["sft"]["relative_step"]) == pytest.approx(1.0)
-    average = lambda m: (float(rows[m]["sqlgen EX mean"]) + float(rows[m]["sqlgen val/ce mean"])) / 2  # noqa: E731
-    assert float(rows["rkd"]["delta"]) == pytest.approx(average("rkd") - average("sft"))
+    # The average is over score columns only (EX here), not over the held-out loss.
+    assert float(rows["rkd"]["average"]) == pytest.approx(float(rows["rkd"]["sqlgen EX mean"]))
+    assert float(rows["rkd"]["delta"]) == pytest.approx(float(rows["rkd"]["average"]) - float(rows["sft"]["average"]))
     assert "written:" in capsys.readouterr().out
 
     # McNemar: rkd against sft on the same questions, pooled over the two seeds.
@@ -84,18 +85,29 @@ def fake_run(folder: Path, method: str, seed: int, ex: float, overrides: list[st
 
 
 def test_runs_that_share_method_and_model_but_differ_in_settings_are_separate_rows(tmp_path):
-    runs = [fake_run(tmp_path, "sft", 0, 10.0, ["method=sft", "seed=0", "optimizer.lr=0.001", "data.limit_eval=8"]),
-            fake_run(tmp_path, "sft", 1, 20.0, ["method=sft", "seed=1", "optimizer.lr=0.001", "data.limit_eval=8"]),
-            fake_run(tmp_path, "sft", 0, 50.0, ["method=sft", "seed=0", "optimizer.lr=0.01",
-                                                "student.path=/x/model"])]
+    common = ["data.limit_eval=8", "student.path=/runs/warm/model"]
+    runs = [fake_run(tmp_path / "a", "sft", 0, 10.0, ["method=sft", "seed=0", "optimizer.lr=0.001", *common]),
+            fake_run(tmp_path / "b", "sft", 1, 20.0, ["method=sft", "seed=1", "optimizer.lr=0.001", *common]),
+            fake_run(tmp_path / "c", "sft", 0, 50.0, ["method=sft", "seed=0", "optimizer.lr=0.01", *common]),
+            fake_run(tmp_path / "d", "rkd", 0, 30.0, ["method=rkd", "method.ce_weight=0", *common]),
+            fake_run(tmp_path / "e", "rkd", 0, 40.0, ["method=rkd", *common])]
     _, rows = aggregate(runs, None, "sft")
     by_label = {r["method"]: r for r in rows}
-    assert set(by_label) == {"sft [optimizer.lr=0.001]", "sft [optimizer.lr=0.01]"}  # only what differs
+    assert set(by_label) == {"sft [optimizer.lr=0.001]", "sft [optimizer.lr=0.01]", "rkd [method.ce_weight=0]",
+                             "rkd"}  # labelled with only what differs
     assert by_label["sft [optimizer.lr=0.001]"]["sqlgen EX"].mean == 15.0
     assert by_label["sft [optimizer.lr=0.001]"]["seeds"] == 2 and by_label["sft [optimizer.lr=0.01]"]["seeds"] == 1
-    teacher = {**fake_run(tmp_path, "sft", 0, 80.0, ["method=sft"]), "stage": "teacher"}
+    teacher = {**fake_run(tmp_path / "t", "sft", 0, 80.0, ["method=sft"]), "stage": "teacher"}
     _, rows = aggregate([runs[0], teacher], None, "sft")
     assert len(rows) == 2  # a teacher fine-tuned with SFT is not a seed of the SFT student
+
+
+def test_runs_of_one_seed_that_nothing_tells_apart_are_never_averaged(tmp_path):
+    """Two runs started from Python (no overrides), same method, data and seed: not two seeds."""
+    runs = [fake_run(tmp_path / "x" / "one", "sft", 0, 10.0, []), fake_run(tmp_path / "y" / "two", "sft", 0, 30.0, [])]
+    _, rows = aggregate(runs, None, "sft")
+    assert sorted(r["method"] for r in rows) == ["sft [run one]", "sft [run two]"]
+    assert all(r["split"] and r["seeds"] == 1 for r in rows)
 
 
 def test_a_failed_single_run_is_listed_as_failed_not_as_running(tmp_path):

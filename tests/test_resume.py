@@ -10,25 +10,27 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
-SETTINGS = ["method=sft", "data.limit_train=64", "data.batch_size=8", "data.limit_eval=8",
+SETTINGS = ["data.limit_train=64", "data.batch_size=8", "data.limit_eval=8",
             "trainer.max_steps=40", "trainer.val_check_interval=20", "checkpoint_every_n_steps=5",
             "loop.warmup_steps=2", "data.decoding.max_new_tokens=16", "threads=1"]
 
 
-def command(folder: Path) -> list[str]:
-    return [sys.executable, "-m", "kdlight.cli.train", *SETTINGS, f"hydra.run.dir={folder}"]
+def command(folder: Path, method: str) -> list[str]:
+    return [sys.executable, "-m", "kdlight.cli.train", *SETTINGS, f"method={method}", f"hydra.run.dir={folder}"]
 
 
-def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("method", ["sft", "gkd"])  # gkd: random draws and student sampling at every step
+def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, method):
     env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path / "cache")}
-    whole = subprocess.run(command(tmp_path / "whole"), capture_output=True, text=True, env=env, timeout=600)
+    whole = subprocess.run(command(tmp_path / "whole", method), capture_output=True, text=True, env=env, timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     folder = tmp_path / "killed"
-    job = subprocess.Popen(command(folder), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    job = subprocess.Popen(command(folder, method), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     last = folder / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
@@ -42,7 +44,7 @@ def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path):
     assert 15 <= killed_at < 40 and killed_at % 8 != 0
     assert not (folder / "metrics.json").exists()
 
-    again = subprocess.run(command(folder), capture_output=True, text=True, env=env, timeout=600)
+    again = subprocess.run(command(folder, method), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((folder / "metrics.json").read_text())

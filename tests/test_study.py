@@ -153,6 +153,18 @@ def test_a_killed_study_reruns_only_its_unfinished_job(tmp_path, env):
     assert "2 finished runs" in (out / "report" / "report.md").read_text()
 
 
+def test_a_study_rerun_with_more_seeds_runs_only_the_new_jobs(tmp_path, env):
+    argv, out = two_job_study(tmp_path, steps=4), tmp_path / "study"
+    first = study([*argv, "study.axes.seed=[0]"], env, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    stamp = (out / "runs" / "seed0" / "metrics.json").stat().st_mtime_ns
+    again = study([*argv, "study.axes.seed=[0,1]"], env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "stage runs: 2 jobs, 1 finished earlier, 1 to run" in again.stdout + again.stderr
+    assert (out / "runs" / "seed0" / "metrics.json").stat().st_mtime_ns == stamp
+    assert "study" not in " ".join(yaml.safe_load((out / "runs" / "seed1" / ".hydra" / "overrides.yaml").read_text()))
+
+
 def test_a_study_runs_its_jobs_through_the_submitit_launcher(tmp_path, env):
     argv, out = two_job_study(tmp_path, steps=4), tmp_path / "study"
     done = study([*argv, "hydra/launcher=local"], env, timeout=600)

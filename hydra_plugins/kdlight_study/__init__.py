@@ -12,6 +12,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
+from kdlight.io import FAILURE_FILE
 from kdlight.pipelines.study import StudyError, StudyPlan, run_study
 
 
@@ -43,4 +44,4 @@ class StudySweeper(Sweeper):
                            self.dry_run)
         if failed:
             raise StudyError(f"study {plan.name}: {len(failed)} job(s) failed (listed in the report): "
-                             + "; ".join(str(job.folder / 'error.txt') for job in failed))
+                             + "; ".join(str(job.folder / FAILURE_FILE) for job in failed))

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from kdlight.cli.train import CONFIG_DIR, optimized_value, record_failure
 from kdlight.config.build import build_eval
+from kdlight.io import FAILURE_FILE
 from kdlight.run.evaluate import evaluate
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ def main(cfg: DictConfig) -> float | None:
     out = Path(cfg.paths.output_dir)
     try:
         result = evaluate(build_eval(cfg), out)
+        (out / FAILURE_FILE).unlink(missing_ok=True)  # a re-run that succeeds is no longer failed
     except Exception as error:
         record_failure(out, error)
         if HydraConfig.get().mode != RunMode.MULTIRUN:

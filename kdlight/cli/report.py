@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from kdlight.report.write import ReportSpec, write_report
+from kdlight.report.paired import parse_pairs
+from kdlight.report.write import ReportError, ReportSpec, write_report
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,13 +34,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--paired", default="", help="comma-separated A:B method pairs for paired tests")
     parser.add_argument("--title", default="Comparison")
     args = parser.parse_args(argv)
-    pairs = tuple(tuple(p.split(":")) for p in args.paired.split(",") if p)
-    if any(len(p) != 2 for p in pairs):
-        raise SystemExit(f"--paired takes A:B method pairs separated by commas, got '{args.paired}'")
+    try:
+        pairs = parse_pairs(args.paired)
+    except ValueError as error:
+        raise SystemExit(f"--paired: {error}") from error
     spec = ReportSpec(tuple(args.metrics.split(",")) if args.metrics else None, args.baseline, pairs, args.summary,
                       args.format, title=args.title)
     out = args.out or args.folders[0]
-    text = write_report(args.folders, out, spec)
+    try:
+        text = write_report(args.folders, out, spec)
+    except ReportError as error:
+        raise SystemExit(str(error)) from error
     print(text + f"\nwritten: {out}/report.{{md,csv,png}}")
 
 

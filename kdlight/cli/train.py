@@ -24,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from kdlight.config.build import build_run
-from kdlight.io import write_atomic
+from kdlight.io import FAILURE_FILE, write_atomic
 from kdlight.run.train import train as train_run
 from kdlight.training.teacher_store import publish_teacher, stored_teacher
 
@@ -43,7 +43,6 @@ def job_dirname(overrides: str, limit: int = 120) -> str:
 
 OmegaConf.register_new_resolver("kd_dirname", job_dirname, replace=True)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
-FAILURE_FILE = "error.txt"  # written in a job's folder when the job fails
 
 
 def train(cfg: DictConfig) -> dict:

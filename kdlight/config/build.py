@@ -1,7 +1,7 @@
 """The one place where a Hydra config becomes typed components (a `Run` or an `EvalRun`).
 
-Everything past this module takes typed arguments; a misspelt key fails at composition (the
-configs are structured), a wrong value when its component is built here.
+Everything past this module takes typed arguments. A key that no config file defines fails at
+composition (Hydra's struct mode); a wrong value fails when its component is built here.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import lightning as L
+import torch
 from torch.utils.data import DataLoader
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import PreTrainedTokenizerBase
@@ -123,13 +124,18 @@ class TaskDataModule(L.LightningDataModule):
         seed: the training order, shared by every method so comparisons are fair.
         use_unlabeled: train on the task's unlabeled inputs too (for methods whose sequences do
             not need a gold target).
+        use_train: load the training split (False: evaluation only).
     """
 
     def __init__(self, spec: DataSpec, name: str = "data", benchmarks: Mapping[str, Task] | None = None,
-                 seed: int = 0, use_unlabeled: bool = False):
+                 seed: int = 0, use_unlabeled: bool = False, use_train: bool = True):
         super().__init__()
-        self.spec, self.name, self.seed, self.use_unlabeled = spec, name, seed, use_unlabeled
+        self.spec, self.name, self.seed = spec, name, seed
+        self.use_unlabeled, self.use_train = use_unlabeled, use_train
         self.benchmarks = dict(benchmarks or {})
+        if clashes := [b for b in self.benchmarks if b in ("eval", name)]:
+            raise ValueError(f"benchmark names {clashes} clash with the run's own evaluation split ('eval', '{name}'): "
+                             "name them otherwise (+benchmark@benchmarks.<name>=...)")
         self.tokenizer: PreTrainedTokenizerBase | None = None
         self.train_examples: list[Example] = []
         self.unlabeled_examples: list[Example] = []
@@ -152,7 +158,8 @@ class TaskDataModule(L.LightningDataModule):
         self.prepare_data()
         spec = self.spec
         with _named(f"data '{self.name}'", "data.task"):
-            self.train_examples = spec.task.load("train")[: spec.limit_train]
+            if self.use_train:
+                self.train_examples = spec.task.load("train")[: spec.limit_train]
             if self.use_unlabeled:
                 self.unlabeled_examples = spec.task.load("unlabeled")[: spec.limit_unlabeled]
         self.eval_sets = [self._eval_set(self.name, "eval", spec.task)]
@@ -166,6 +173,8 @@ class TaskDataModule(L.LightningDataModule):
         what = f"benchmark '{name}'" if prefix != "eval" else f"data '{name}' (evaluation split)"
         with _named(what, f"benchmarks.{name}.source" if prefix != "eval" else "data.task", task):
             examples = task.load("eval")[: self.spec.limit_eval]
+            if not examples:
+                raise ValueError(f"nothing to evaluate: no evaluation examples (data.limit_eval={self.spec.limit_eval})")
             notes = task.scorer().check(examples, name)
         for note in notes:
             log.warning(note)
@@ -202,14 +211,15 @@ class TaskDataModule(L.LightningDataModule):
         labeled = [e.target for e in examples if e.target is not None]
         targets = iter(tok(labeled, add_special_tokens=False)["input_ids"] if labeled else [])
         targets = [next(targets) if e.target is not None else None for e in examples]
-        cut_p = sum(len(p) + 1 > spec.max_prompt_tokens for p in prompts)
+        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+        room = spec.max_prompt_tokens - len(bos)
+        cut_p = sum(len(p) > room for p in prompts)
         cut_t = sum(t is not None and len(t) + 1 > spec.max_target_tokens for t in targets)
         if cut_p or cut_t:
             log.warning(f"{name}: {cut_p} of {len(examples)} prompts cut to {spec.max_prompt_tokens} tokens (their "
                         f"start dropped), {cut_t} targets cut to {spec.max_target_tokens} tokens")
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        return [((bos + p)[-spec.max_prompt_tokens:],
-                 None if t is None else t[: spec.max_target_tokens - 1] + [tok.eos_token_id], i)
+        return [(bos + p[len(p) - room:] if len(p) > room else bos + p,
+                 None if t is None else target_ids(t, spec.max_target_tokens, tok.eos_token_id), i)
                 for i, (p, t) in enumerate(zip(prompts, targets))]
 
     def train_prompts(self) -> list[PromptItem]:
@@ -226,19 +236,22 @@ class TaskDataModule(L.LightningDataModule):
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         sampler = EpochSampler(len(self._train), self.spec.batch_size, self.seed, rank, world)
+        if sampler.num_batches() == 0:
+            raise ValueError(f"data '{self.name}': nothing to train on: {len(self._train)} training examples make no "
+                             f"batch of {self.spec.batch_size} per rank on {world} ranks (data.limit_train, "
+                             "data.batch_size)")
         return StatefulDataLoader(self._train, sampler=sampler, batch_size=self.spec.batch_size, drop_last=False,
-                                  num_workers=self.spec.num_workers, collate_fn=self._collate())
+                                  num_workers=self.spec.num_workers, collate_fn=self._collate(),
+                                  generator=_own_generator(self.seed))
 
     def eval_loader(self, eval_set: EvalSet) -> DataLoader:
         """Every rank sees every example of the set; rank 0 scores them."""
         return DataLoader(eval_set.encoded, batch_size=self.spec.eval_batch_size, shuffle=False,
-                          num_workers=self.spec.num_workers, collate_fn=self._collate())
+                          num_workers=self.spec.num_workers, collate_fn=self._collate(),
+                          generator=_own_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
         """The run's own evaluation split, teacher-forced (held-out CE and KL)."""
-        return self.eval_loader(self.eval_sets[0])
-
-    def predict_dataloader(self) -> DataLoader:
         return self.eval_loader(self.eval_sets[0])
 
 
@@ -249,7 +262,25 @@ def _named(what: str, settings: str, task: Task | None = None) -> Iterator[None]
         yield
     except (FileNotFoundError, KeyError, ValueError) as error:
         where = f" [{task.describe()}]" if task is not None and not isinstance(error, FileNotFoundError) else ""
-        raise type(error)(f"{what}: {error}{where} (settings: {settings}; shared copies: KDLIGHT_DATA)") from error
+        message = f"{what}: {error}{where} (settings: {settings}; shared copies: KDLIGHT_DATA)"
+        try:
+            named = type(error)(message)
+        except TypeError:  # an error type that needs more than a message (UnicodeDecodeError)
+            named = ValueError(message)
+        raise named from error
+
+
+def _own_generator(seed: int) -> torch.Generator:
+    """A loader's own random numbers: PyTorch draws a seed for worker processes each time an
+    iterator starts, from torch's global generator unless given one, and a resumed run starts
+    iterators at other times than an uninterrupted one: the global draws of a method (student
+    sampling) would shift."""
+    return torch.Generator().manual_seed(seed)
+
+
+def target_ids(ids: list[int], max_tokens: int, eos_id: int) -> list[int]:
+    """A target's token ids as training sees them: cut to `max_tokens` with EOS last."""
+    return ids[: max_tokens - 1] + [eos_id]
 
 
 def _collate(items: list[Encoded], pad_id: int) -> Batch:

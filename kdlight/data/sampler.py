@@ -42,6 +42,7 @@ class EpochSampler(Sampler[int]):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.rank, self.world_size = rank, world_size
         self.epoch = 0
+        self.finished_epoch: int | None = None  # the last epoch whose pass ran to its end
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -69,10 +70,12 @@ class EpochSampler(Sampler[int]):
         return _EpochIterator(self)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch}
+        return {"epoch": self.epoch, "finished": self.finished_epoch == self.epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.epoch = state["epoch"]
+        # Saved after the epoch's last batch: what comes next is the next epoch. (The loader may
+        # ask for indices before Lightning sets the epoch: with worker processes it does.)
+        self.epoch = state["epoch"] + (1 if state.get("finished") else 0)
 
 
 class _EpochIterator(Iterator[int]):
@@ -86,16 +89,23 @@ class _EpochIterator(Iterator[int]):
         self._resume: tuple[int, int] | None = None
 
     def _start(self) -> None:
-        self.epoch = self.sampler.epoch
-        self.order = self.sampler.indices(self.epoch)
-        if self._resume is not None and self._resume[0] == self.epoch:
-            self.yielded = self._resume[1]  # continue the interrupted epoch
+        epoch = self.sampler.epoch
+        if self._resume is not None and self._resume[0] == epoch:
+            if self._resume[1] < len(self.sampler):
+                self.yielded = self._resume[1]  # continue the interrupted epoch
+            else:
+                # Saved at the end of an epoch: start the next one. (With worker processes the loader
+                # asks for indices before Lightning sets the new epoch.)
+                epoch += 1
         self._resume = None
+        self.epoch = epoch
+        self.order = self.sampler.indices(epoch)
 
     def __next__(self) -> int:
         if self.epoch is None:
             self._start()
         if self.yielded >= len(self.order):
+            self.sampler.finished_epoch = self.epoch
             raise StopIteration
         self.yielded += 1
         return self.order[self.yielded - 1]

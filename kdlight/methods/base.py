@@ -42,6 +42,8 @@ class StepContext:
         generator: random numbers for the source, seeded per run.
         step: the optimisation step.
         epoch: the training epoch (sources whose targets change per epoch read it).
+        synced: several ranks train together: a source that generates must keep decoding until
+            every rank is done (a sharded student's forward is collective).
         timings: seconds a source spent on its own work this step (e.g. `generation_s`); the
             loop logs them as `train/<name>`, apart from the loss step.
     """
@@ -53,6 +55,7 @@ class StepContext:
     generator: torch.Generator
     step: int = 0
     epoch: int = 0
+    synced: bool = False
     timings: dict[str, float] = field(default_factory=dict)
 
 

@@ -60,7 +60,7 @@ class StudentSamples(SequenceSource):
     def covers_unlabeled(self) -> bool:
         """With λ = 1 every target is a sample; otherwise the rows left to `otherwise` need it to
         cover them (gold does not)."""
-        return self.lam == 1.0 or (self.otherwise is not None and self.otherwise.covers_unlabeled and self.lam > 0)
+        return self.lam == 1.0 or (self.otherwise is not None and self.otherwise.covers_unlabeled)
 
     def prepare(self, ctx: PrepareContext) -> None:
         """Precompute what the `otherwise` source needs (e.g. f-distill's cached teacher outputs)."""
@@ -85,6 +85,6 @@ class StudentSamples(SequenceSource):
         started = time.perf_counter()
         with evaluating(ctx.student) as student:  # no dropout while sampling
             samples = generate(student, prompts, self.decoding, ctx.tokenizer.eos_token_id, ctx.tokenizer.pad_token_id,
-                               ctx.vocab_size)
+                               ctx.vocab_size, synced=ctx.synced)
         ctx.timings["generation_s"] = ctx.timings.get("generation_s", 0.0) + time.perf_counter() - started
         return samples

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig, PreTrainedModel
@@ -77,9 +77,6 @@ class Decoding:
         if self.strategy == "sample":
             key |= {"temperature": self.temperature, "top_p": self.top_p, "top_k": self.top_k}
         return key
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def generation_config(decoding: Decoding, eos_id: int, pad_id: int, suppress: list[int] | None = None,
@@ -146,3 +143,10 @@ def generate(model: PreTrainedModel, batch: Batch, decoding: Decoding, eos_id: i
                              synced_gpus=synced)
     new = out[:, 1:] if model.config.is_encoder_decoder else out[:, batch.prompt_ids.shape[1]:]
     return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in new.tolist()]
+
+
+def predictions(model: PreTrainedModel, batch: Batch, decoding: Decoding, eos_id: int, pad_id: int, vocab_size: int,
+                synced: bool = False) -> list[tuple[int, list[int]]]:
+    """(example index, its first decoded sequence) for each example of `batch`: what is scored."""
+    sequences = generate(model, batch, decoding, eos_id, pad_id, vocab_size, synced)
+    return list(zip(batch.index.tolist(), sequences[:: decoding.num_return_sequences]))

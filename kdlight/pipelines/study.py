@@ -32,10 +32,12 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from omegaconf import DictConfig, OmegaConf
 
-from kdlight.report.write import ReportSpec, write_report
+from kdlight.io import FAILURE_FILE
+from kdlight.report.collect import run_overrides
+from kdlight.report.paired import parse_pairs
+from kdlight.report.write import ReportError, ReportSpec, write_report
 
 log = logging.getLogger(__name__)
 
@@ -161,11 +163,6 @@ def merge_overrides(*groups: Sequence[str]) -> list[str]:
     return list(merged.values())
 
 
-def recorded_overrides(job: Job) -> list[str] | None:
-    path = job.folder / ".hydra" / "overrides.yaml"
-    return list(yaml.safe_load(path.read_text()) or []) if path.exists() else None
-
-
 def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
@@ -195,9 +192,10 @@ def _job_folder(root: Path, stage: str, values: tuple[tuple[str, str], ...]) -> 
 
 
 def _report_spec(study: str, name: str, raw: Mapping) -> ReportSpec:
-    pairs = tuple(tuple(p.split(":")) for p in raw.get("paired") or ())
-    if any(len(p) != 2 for p in pairs):
-        raise ValueError(f"study {study}: report '{name}': paired takes 'A:B' method pairs, got {raw.get('paired')}")
+    try:
+        pairs = parse_pairs(raw.get("paired") or ())
+    except ValueError as error:
+        raise ValueError(f"study {study}: report '{name}': {error}") from error
     return ReportSpec(metrics=tuple(raw["metrics"]) if raw.get("metrics") else None,
                       baseline=raw.get("baseline", "sft"), paired=pairs, summary=raw.get("summary", True),
                       title=raw.get("title") or f"{study}: {name}", order=tuple(raw.get("order") or ()))
@@ -219,6 +217,9 @@ def run_study(plan: StudyPlan, root: Path, arguments: Sequence[str], launch: Lau
     stage needs stops the study.
     """
     root = Path(root).resolve()
+    # The study's own overrides (study=..., study.axes.seed=...) shape the plan, not the jobs: a job
+    # is the same job whatever seeds the study has, so a re-run with more seeds reuses it.
+    arguments = [a for a in arguments if _key(a) != "study" and not _key(a).startswith("study.")]
     failed: list[Job] = []
     job_number = 0
     for stage in plan.stages:
@@ -251,15 +252,18 @@ def run_study(plan: StudyPlan, root: Path, arguments: Sequence[str], launch: Lau
 def write_reports(plan: StudyPlan, root: Path) -> None:
     for report in plan.reports:
         folders = [root / s for s in report.stages if (root / s).is_dir()]
-        if folders:
+        try:
             text = write_report(folders, root / report.name, report.spec)
-            print(text + f"\nwritten: {root / report.name}/report.{{md,csv,png}}", flush=True)
+        except ReportError as error:  # e.g. every run failed: the failures are raised after this
+            log.error(f"study {plan.name}: report '{report.name}' not written: {error}")
+            continue
+        print(text + f"\nwritten: {root / report.name}/report.{{md,csv,png}}", flush=True)
 
 
 def _check_finished(done: list[Job], planned: dict[str, list[str]]) -> None:
     for job in done:
-        recorded = recorded_overrides(job)
-        if recorded is None:
+        recorded = run_overrides(job.folder)
+        if not recorded:
             continue
         recorded = [o for o in recorded if not o.startswith("hydra.")]
         wanted = [o for o in planned[job.name] if not o.startswith("hydra.")]
@@ -270,8 +274,8 @@ def _check_finished(done: list[Job], planned: dict[str, list[str]]) -> None:
 
 
 def _why(job: Job) -> str:
-    error = job.folder / "error.txt"
+    error = job.folder / FAILURE_FILE
     if error.exists():
         lines = error.read_text().strip().splitlines()
         return f"{job.folder}: {lines[-1] if lines else 'unknown error'}"
-    return f"{job.folder}: no metrics.json and no error.txt"
+    return f"{job.folder}: no metrics.json and no {FAILURE_FILE}"

@@ -8,13 +8,12 @@ traceback there, for single runs and sweep jobs alike), or `.hydra/config.yaml` 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-FAILURE_FILE = "error.txt"
+from kdlight.io import FAILURE_FILE, read_json
 
 
 @dataclass
@@ -31,8 +30,8 @@ def collect(folders: list[Path]) -> Jobs:
             raise FileNotFoundError(f"not a folder: {folder}")
         for job in _run_folders(folder):
             if (job / "metrics.json").exists():
-                jobs.finished.append({**json.loads((job / "metrics.json").read_text()), "folder": str(job),
-                                      "overrides": _overrides(job)})
+                jobs.finished.append({**read_json(job / "metrics.json"), "folder": str(job),
+                                      "overrides": run_overrides(job)})
             elif (job / FAILURE_FILE).exists():
                 lines = (job / FAILURE_FILE).read_text().strip().splitlines()
                 jobs.failed.append((job, lines[-1] if lines else "unknown error"))
@@ -49,6 +48,7 @@ def _run_folders(root: Path) -> list[Path]:
     return sorted(f for f in found if not any(parent in found for parent in f.parents))
 
 
-def _overrides(job: Path) -> list[str]:
+def run_overrides(job: Path) -> list[str]:
+    """The command-line overrides a run was started with (none for a run started from Python)."""
     path = job / ".hydra" / "overrides.yaml"
     return list(yaml.safe_load(path.read_text()) or []) if path.exists() else []

@@ -10,13 +10,14 @@ permutation test of the mean difference. With several seeds, run i of A is paire
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from fractions import Fraction
 from math import comb
 from pathlib import Path
 
 import numpy as np
+
+from kdlight.io import read_jsonl
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,16 @@ def permutation(a: list[float], b: list[float], rounds: int = 10_000, seed: int 
                       (extreme + 1) / (rounds + 1), "permutation")
 
 
+def parse_pairs(items) -> tuple[tuple[str, str], ...]:
+    """`["kid:sft", ...]` (or one comma-separated string) -> (("kid", "sft"), ...)."""
+    if isinstance(items, str):
+        items = [i for i in items.split(",") if i]
+    pairs = tuple(tuple(item.split(":")) for item in items)
+    if any(len(p) != 2 or not all(p) for p in pairs):
+        raise ValueError(f"paired tests take A:B method pairs, got {list(items)}")
+    return pairs
+
+
 def _same_length(a: list, b: list) -> None:
     if len(a) != len(b):
         raise ValueError(f"paired outcomes must have the same length, got {len(a)} and {len(b)}")
@@ -71,8 +82,7 @@ def _same_length(a: list, b: list) -> None:
 
 def outcomes(folder: Path, file: str, metric: str) -> dict[int, float | bool]:
     """Per-example outcome of one run on one evaluation set, by example index."""
-    with open(Path(folder) / file) as f:
-        return {record["index"]: record[metric] for record in map(json.loads, f)}
+    return {record["index"]: record[metric] for record in read_jsonl(Path(folder) / file)}
 
 
 def paired_table(runs: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:

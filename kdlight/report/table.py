@@ -1,10 +1,12 @@
 """Runs -> the table a paper prints: rows of runs that differ only in seed, columns benchmark x metric.
 
 Rows: runs are grouped by what makes them the same experiment: their label (a study stage's name,
-else the method), stage, student, teacher, and any command-line override beyond seed, data,
-benchmarks and paths. Runs that share method and student but differ in, say, the learning rate are
-separate rows, labelled with what differs (`sft [optimizer.lr=1e-4]`); seeds are aggregated as
-mean ± sample standard deviation.
+else the method), stage, student, teacher, and any command-line override that differs between
+runs on the same data (beyond seed, paths and extra benchmarks). Runs that share method and student
+but differ in, say, the learning rate or `method.ce_weight` are separate rows, labelled with what
+differs (`sft [optimizer.lr=1e-4]`); seeds are aggregated as mean ± sample standard deviation. A row
+never holds two runs of the same data and seed: such runs (started from Python, without overrides
+to tell them apart) are shown as rows of their own, labelled with their folder.
 
 Columns: a run's benchmarks are its own evaluation split (named after its data) and the extra
 benchmarks it was scored on, in the order metrics.json lists them; each shows the metrics its
@@ -19,11 +21,13 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
+from pathlib import Path
 
-# Overrides that do not make runs different experiments (seeds of one row, or the same experiment
-# on other data, which is another column, or paths that differ per data set and seed).
-IGNORED_OVERRIDES = ("seed", "label", "method", "model@student", "model@teacher", "data", "benchmarks", "paths",
-                     "hydra", "skip_finished", "study", "teacher_from_store", "teacher_kl", "stage", "threads")
+# Overrides that never make runs different experiments: the seed (runs of one row), the label,
+# method, models and data (already in the row key or the columns), where things are written or
+# cached, and switches that change nothing in training.
+IGNORED_OVERRIDES = ("seed", "label", "method", "model@student", "model@teacher", "data", "stage", "paths", "hydra",
+                     "skip_finished", "study", "teacher_from_store", "teacher_kl", "threads", "benchmarks")
 
 
 @dataclass(frozen=True)
@@ -75,22 +79,34 @@ def is_score(column: str) -> bool:
 
 def row_keys(runs: list[dict]) -> list[tuple]:
     """What makes runs rows of their own (see the module docstring): (label, stage, student,
-    teacher, overrides that differ between runs sharing the first four)."""
+    teacher, overrides that differ between runs sharing the first four on the same data)."""
     base = [(r.get("label") or r["method"], r.get("stage", "student"), r["model"], r.get("teacher") or "-")
             for r in runs]
     relevant = [frozenset(o for o in r.get("overrides", []) if _distinguishes(o)) for r in runs]
-    common: dict[tuple, frozenset] = {}
-    for key, overrides in zip(base, relevant):
-        common[key] = common[key] & overrides if key in common else overrides
-    return [(*key, tuple(sorted(overrides - common[key]))) for key, overrides in zip(base, relevant)]
+    common: dict[tuple, frozenset] = {}  # per (base key, data): a data set's own settings are columns
+    for key, run, overrides in zip(base, runs, relevant):
+        where = (key, run["data"])
+        common[where] = common[where] & overrides if where in common else overrides
+    keys = [(*key, tuple(sorted(overrides - common[(key, run["data"])])))
+            for key, run, overrides in zip(base, runs, relevant)]
+    return _apart_same_seed(keys, runs)
+
+
+def _apart_same_seed(keys: list[tuple], runs: list[dict]) -> list[tuple]:
+    """Runs of one row with the same data and seed are not seeds of one experiment: give each its
+    own row, named after its folder."""
+    seen: dict[tuple, int] = defaultdict(int)
+    for key, run in zip(keys, runs):
+        seen[(key, run["data"], run["seed"])] += 1
+    return [(*key[:4], key[4] + (f"run {Path(run['folder']).name}",), True)
+            if seen[(key, run["data"], run["seed"])] > 1 else (*key, False) for key, run in zip(keys, runs)]
 
 
 def _distinguishes(override: str) -> bool:
     key = override.split("=", 1)[0].lstrip("+~")
     if key.startswith("benchmark@"):
         return False
-    return (key not in IGNORED_OVERRIDES and not key.endswith(".path")
-            and not key.startswith(tuple(f"{k}." for k in IGNORED_OVERRIDES)))
+    return key not in IGNORED_OVERRIDES and not key.startswith(("paths.", "hydra.", "study.", "benchmarks."))
 
 
 def aggregate(runs: list[dict], metrics: list[str] | None, baseline: str) -> tuple[list[str], list[dict]]:
@@ -102,16 +118,17 @@ def aggregate(runs: list[dict], metrics: list[str] | None, baseline: str) -> tup
         groups[key].append((run, cells))
     base_step = _baseline_steps(groups, baseline)
     rows = []
+    scores = [c for c in columns if is_score(c) and not c.endswith(" CEILING")]
     for key, members in groups.items():
-        label, stage, model, teacher, extra = key
+        label, stage, model, teacher, extra, split = key
         datasets = {r["data"] for r, _ in members}
         row = {"method": label + (f" [{', '.join(extra)}]" if extra else ""), "base": label, "stage": stage,
-               "student": model, "teacher": teacher, "params": members[0][0].get("params"),
+               "student": model, "teacher": teacher, "params": members[0][0].get("params"), "split": split,
                "seeds": len({(r["data"], r["seed"]) for r, _ in members}) // max(1, len(datasets))}
         for column in columns:
             row[column] = _cell([cells[column] for _, cells in members if column in cells])
-        means = [row[c].mean for c in columns if row[c] is not None]
-        row["average"] = statistics.fmean(means) if means and len(means) == len(columns) else None
+        means = [row[c].mean for c in scores if row[c] is not None]
+        row["average"] = statistics.fmean(means) if means and len(means) == len(scores) else None
         steps = [r["step_time_s"] for r, _ in members if r.get("step_time_s")]
         row["step_time_s"] = statistics.fmean(steps) if steps else None
         ratios = [r["step_time_s"] / base_step[(r["data"], model)] for r, _ in members
@@ -130,7 +147,7 @@ def aggregate(runs: list[dict], metrics: list[str] | None, baseline: str) -> tup
 def _baseline_steps(groups: dict, baseline: str) -> dict[tuple[str, str], float]:
     """(data, student) -> mean step time of the baseline method's student runs."""
     times: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for (label, stage, model, _, extra), members in groups.items():
+    for (label, stage, model, _, extra, _), members in groups.items():
         if label == baseline and stage == "student" and not extra:
             for run, _ in members:
                 if run.get("step_time_s"):

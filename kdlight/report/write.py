@@ -43,12 +43,16 @@ class ReportSpec:
     order: tuple[str, ...] = field(default=())
 
 
+class ReportError(ValueError):
+    pass
+
+
 def write_report(folders: list[Path], out: Path, spec: ReportSpec = ReportSpec()) -> str:
     """Collect the runs under `folders`, write report.{md,csv,png} to `out`, return the Markdown."""
     jobs = collect(folders)
     if not jobs.finished:
-        raise SystemExit(f"no finished runs under {', '.join(map(str, folders))} "
-                         f"({len(jobs.failed)} failed, {len(jobs.missing)} missing)")
+        raise ReportError(f"no finished runs under {', '.join(map(str, folders))} "
+                          f"({len(jobs.failed)} failed, {len(jobs.missing)} missing)")
     columns, rows = aggregate(jobs.finished, list(spec.metrics) if spec.metrics else None, spec.baseline)
     rank = {label: i for i, label in enumerate(spec.order)}
     rows.sort(key=lambda r: (rank.get(r["base"], len(rank)), r["method"], r["student"], r["teacher"]))
@@ -78,7 +82,11 @@ def markdown(columns: list[str], rows: list[dict], jobs: Jobs, spec: ReportSpec)
         cells += [_fmt(r["average"], spec.fmt), _fmt(r["delta"], "{:+.1f}")] if spec.summary else []
         cells += [_fmt(r["step_time_s"], "{:.3f}"), _fmt(r["relative_step"], "{:.2f}x")]
         lines.append("| " + " | ".join(cells) + " |")
-    text = "\n".join(lines) + "\n\nCells: mean ± standard deviation over seeds.\n"
+    text = "\n".join(lines) + "\n\nCells: mean ± standard deviation over seeds."
+    text += " The average is over the score columns (not ceilings or losses).\n" if spec.summary else "\n"
+    if split := [r["method"] for r in rows if r.get("split")]:
+        text += (f"\nRows shown apart because they hold several runs of one seed with nothing else telling them "
+                 f"apart (started from Python, or from other sweeps): {', '.join(split)}\n")
     if notes := scoring_notes(jobs.finished):
         text += "\nScoring:\n" + "".join(f"- {n}\n" for n in notes)
     text += f"\n{len(jobs.finished)} finished runs"

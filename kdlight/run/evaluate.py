@@ -18,10 +18,10 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdlight.data.module import DataSpec, EvalSet, TaskDataModule
-from kdlight.data.tokenizer import TokenizerSpec, resolve_tokenizer
+from kdlight.data.tokenizer import TokenizerSpec, has_tokenizer, resolve_tokenizer
 from kdlight.io import write_json, write_jsonl
 from kdlight.models.build import ModelSpec, build_model, count_parameters
-from kdlight.models.decoding import Decoding, generate
+from kdlight.models.decoding import Decoding, predictions
 from kdlight.models.vocab import ModelVocab, shared_vocab_size
 from kdlight.run.spec import RunResult
 from kdlight.tasks.base import Task
@@ -59,11 +59,9 @@ def decode_all(model: PreTrainedModel, loader, decoding: Decoding, tokenizer: Pr
     """Decode every batch of `loader` (the first returned sequence per example)."""
     model.eval()
     decoded: Decoded = {}
-    n = decoding.num_return_sequences
     for batch in loader:
         batch = batch.to(device)
-        sequences = generate(model, batch, decoding, tokenizer.eos_token_id, tokenizer.pad_token_id, vocab_size)
-        decoded.update(zip(batch.index.tolist(), sequences[::n]))
+        decoded.update(predictions(model, batch, decoding, tokenizer.eos_token_id, tokenizer.pad_token_id, vocab_size))
     return decoded
 
 
@@ -79,7 +77,8 @@ class EvalRun:
         seed: random initialisation of an untrained model.
         threads: torch CPU threads (None: torch's default).
         device: `cpu` or `cuda`.
-        data_name, label: how the run is named in metrics.json and tables.
+        data_name, label: how the run is named in metrics.json and tables (label default: the
+            model's name, or `untrained` for a random-init size).
     """
 
     data: DataSpec
@@ -100,7 +99,9 @@ def evaluate(run: EvalRun, out: str | Path) -> RunResult:
     L.seed_everything(run.seed, workers=True)
     if run.threads:
         torch.set_num_threads(run.threads)
-    datamodule = TaskDataModule(run.data, run.data_name, run.benchmarks, seed=run.seed)
+    # The training text is read only to train a tokenizer for a model that has none.
+    needs_text = run.tokenizer.path is None and not has_tokenizer(run.model.path)
+    datamodule = TaskDataModule(run.data, run.data_name, run.benchmarks, seed=run.seed, use_train=needs_text)
     datamodule.load()
     tokenizer = resolve_tokenizer(run.tokenizer, [run.model.path], datamodule.training_texts(), out / "tokenizer")
     datamodule.connect(tokenizer)
@@ -114,7 +115,8 @@ def evaluate(run: EvalRun, out: str | Path) -> RunResult:
         datamodule.eval_sets,
         lambda s: decode_all(model, datamodule.eval_loader(s), run.data.decoding, tokenizer, vocab_size, device),
         tokenizer, out)
-    identity = {"method": "none", "label": run.label or "zero-shot", "stage": "eval", "model": run.model.name,
+    label = run.label or ("untrained" if run.model.path is None else run.model.name)
+    identity = {"method": "none", "label": label, "stage": "eval", "model": run.model.name,
                 "data": run.data_name, "seed": run.seed, "teacher": None}
     result = {**identity, "params": count_parameters(model), "steps": 0, "eval_time_s": time.perf_counter() - started,
               **metrics, "benchmarks": index}

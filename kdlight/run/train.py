@@ -13,7 +13,6 @@ Outputs of one run, in `out`:
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -23,9 +22,9 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from kdlight.data.module import TaskDataModule
+from kdlight.data.module import TaskDataModule, target_ids
 from kdlight.data.tokenizer import has_tokenizer, load_tokenizer, resolve_tokenizer
-from kdlight.io import write_json
+from kdlight.io import read_json, write_json
 from kdlight.models.build import ModelSpec, build_model, count_parameters, save_model
 from kdlight.models.vocab import ModelVocab, VocabularyMismatch, add_mask_token, shared_vocab_size
 from kdlight.run.evaluate import score_eval_sets
@@ -44,7 +43,7 @@ def train(run: Run, out: str | Path) -> RunResult:
     out = Path(out)
     if run.skip_finished and (out / "metrics.json").exists():
         log.info(f"{out} already has metrics.json (skip_finished): not run again")
-        return RunResult(json.loads((out / "metrics.json").read_text()), out, out / "model", reused=True)
+        return RunResult(read_json(out / "metrics.json"), out, out / "model", reused=True)
     L.seed_everything(run.seed, workers=True)
     if run.threads:
         torch.set_num_threads(run.threads)
@@ -53,6 +52,9 @@ def train(run: Run, out: str | Path) -> RunResult:
     datamodule = TaskDataModule(run.data, run.data_name, run.benchmarks, seed=run.seed,
                                 use_unlabeled=run.method.uses_unlabeled)
     datamodule.load()  # every split and benchmark now, so a missing copy fails before training
+    if not datamodule.train_examples and not datamodule.unlabeled_examples:
+        raise ValueError(f"data '{run.data_name}': nothing to train on: no training examples "
+                         f"(data.limit_train={run.data.limit_train}) [{run.data.task.describe()}]")
     model_paths = [s.path for s in (run.student, teacher_spec) if isinstance(s, ModelSpec)]
     tokenizer = resolve_tokenizer(run.tokenizer, model_paths, datamodule.training_texts(), out / "tokenizer")
     datamodule.connect(tokenizer)
@@ -138,12 +140,16 @@ def _build_teacher(spec: ModelSpec | StoredTeacherSpec | None, run: Run,
     if spec is None:
         return None
     if isinstance(spec, StoredTeacherSpec):
-        limit = run.data.max_target_tokens
-
         def encode(text: str) -> list[int]:
-            return tokenizer(text, add_special_tokens=False)["input_ids"][: limit - 1] + [tokenizer.eos_token_id]
+            ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+            return target_ids(ids, run.data.max_target_tokens, tokenizer.eos_token_id)
 
-        return StoredTeacher(TargetStore.load(spec.path, encode), spec.path)
+        teacher = StoredTeacher(TargetStore.load(spec.path, encode), spec.path)
+        if run.method.divergence is not None and not teacher.has_log_probs:
+            raise ValueError(f"the stored teacher ({spec.path}) has no log-probabilities (text outputs only), so "
+                             f"method '{run.method.name}' cannot compare distributions: use a method with CE on its "
+                             "outputs (seqkd)")
+        return teacher
     return LiveTeacher(build_model(spec, tokenizer), run.loop.teacher_placement, run.method.teacher_dropout)
 
 

@@ -19,11 +19,14 @@ tokenizer. Inputs are matched by prompt text, else by example id.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from kdlight.io import read_jsonl_numbered, write_jsonl
+
+log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 
@@ -61,10 +64,14 @@ class TargetStore:
     top_k: int = 0
     vocab_size: int | None = None
 
-    def add(self, prompt: str, example_id: str | None, sequences: list[StoredSequence]) -> None:
+    def add(self, prompt: str, example_id: str | None, sequences: list[StoredSequence]) -> bool:
+        """Store `sequences` for `prompt`; returns False if the prompt had other outputs already
+        (identical prompts share outputs: the last ones win)."""
+        replaced = prompt in self.outputs and self.outputs[prompt] != sequences
         self.outputs[prompt] = sequences
         if example_id is not None:
             self.ids[example_id] = prompt
+        return not replaced
 
     def lookup(self, prompt: str, example_id: str | None = None) -> list[StoredSequence] | None:
         if prompt in self.outputs:
@@ -97,9 +104,13 @@ class TargetStore:
                                  f"{FORMAT_VERSION}")
             store.key, store.top_k = header.get("key"), header.get("top_k", 0)
             store.vocab_size = header.get("vocab_size")
+        conflicts = 0
         for line, row in rows:
             prompt, example_id = _identify(row, path, line)
-            store.add(prompt, example_id, [_sequence(o, path, line, encode) for o in _outputs(row, path, line)])
+            conflicts += not store.add(prompt, example_id, [_sequence(o, path, line, encode) for o in _outputs(row, path, line)])
+        if conflicts:
+            log.warning(f"{path}: {conflicts} lines repeat an earlier prompt with other outputs; identical prompts share "
+                        "outputs, so the last ones are used")
         return store
 
     def __len__(self) -> int:

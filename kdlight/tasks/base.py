@@ -28,7 +28,9 @@ class Task(ABC):
         """What scores decoded predictions of this task's examples."""
 
     def prepare(self) -> None:
-        """One-off work before loading (generating data, converting a format); runs on one process."""
+        """One-off work before loading (generating data, converting a format). Every process of a
+        run calls it, possibly at once: it must be idempotent and publish its results atomically
+        (`kdlight.io.staging_dir`)."""
 
     def describe(self) -> str:
         """One line for logs: what the task reads."""

@@ -63,7 +63,15 @@ class JsonlTask(Task):
         path = Path(file)
         if not path.is_file():
             raise FileNotFoundError(f"{split} file not found: {path} (data.task.{split}_file)")
-        return [self._example(row, path, line) for line, row in read_jsonl_numbered(path)]
+        examples = [self._example(row, path, line) for line, row in read_jsonl_numbered(path)]
+        if self.id_field:
+            seen: dict[str, int] = {}
+            for line, example in enumerate(examples, start=1):
+                if example.id in seen:
+                    raise ValueError(f"{path}: '{self.id_field}' {example.id!r} is used twice (examples {seen[example.id]} "
+                                     f"and {line}): ids must be unique, predictions and teacher outputs are joined on them")
+                seen[example.id] = line
+        return examples
 
     def _example(self, row: object, path: Path, line: int) -> Example:
         if not isinstance(row, dict):

@@ -26,7 +26,7 @@ from kdlight.data.batch import Batch
 from kdlight.data.module import TaskDataModule
 from kdlight.losses import forward_kl, select_positions, token_cross_entropy
 from kdlight.methods.base import Method, PrepareContext, StepContext
-from kdlight.models.decoding import Decoding, generate
+from kdlight.models.decoding import Decoding, predictions
 from kdlight.models.lm import target_logits
 from kdlight.training.objective import loss_terms
 from kdlight.training.teacher import LiveTeacher, Teacher
@@ -109,13 +109,31 @@ class DistillationModule(L.LightningModule):
     def on_validation_start(self) -> None:
         self._place_teacher()
 
+    # --- exact resumption ------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """The random state of every rank (the source's generator: masks, draws; torch's global
+        generators: sampling), so a resumed run draws exactly what an uninterrupted one would."""
+        state = {"source": self.source_rng.get_state(), "torch": torch.get_rng_state(),
+                 "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+        checkpoint["kdlight_rng"] = _gather_objects(state)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        states = checkpoint.get("kdlight_rng")
+        if not states:
+            return
+        state = states[self.global_rank] if self.global_rank < len(states) else states[0]
+        self.source_rng.set_state(state["source"])
+        torch.set_rng_state(state["torch"])
+        if state["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
     def on_predict_start(self) -> None:
         self._place_teacher()
 
     # --- the loop --------------------------------------------------------------------------------
     def training_step(self, batch: Batch, batch_idx: int) -> None:
         ctx = StepContext(self.student, self.teacher, self.tokenizer, self.vocab_size, self.source_rng,
-                          self.global_step, self.current_epoch)
+                          self.global_step, self.current_epoch, synced=self.trainer.world_size > 1)
         sequences = self.method.source.sequences(batch, ctx)
         self.student.train()
         counts = {"gold": self._global_count(batch.target_mask)}
@@ -171,18 +189,18 @@ class DistillationModule(L.LightningModule):
         ce = token_cross_entropy(student, batch.target_ids[mask]).sum() / max(n, 1)
         self.log("val/ce", ce, batch_size=n, prog_bar=True)
         if self.teacher is not None and self.teacher.scores_any_sequence:
-            teacher = select_positions(self.teacher.distributions(batch, self.vocab_size), mask)
+            clean = self.teacher.distributions(batch, self.vocab_size, noisy=False)  # no teacher dropout here
+            teacher = select_positions(clean, mask)
             kl = forward_kl(student, teacher).sum() / max(n, 1)
             self.log("val/kl_from_teacher", kl, batch_size=n)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[tuple[int, list[int]]]:
         """Decoding with `self.decoding` (batched, KV cache); returns (example index, generated ids)
-        for the first returned sequence of each example."""
+        for the first returned sequence of each example. Synced across ranks: a sharded student's
+        forward is collective."""
         self.student.eval()
-        sequences = generate(self.student, batch, self.decoding, self.tokenizer.eos_token_id,
-                             self.tokenizer.pad_token_id, self.vocab_size)
-        n = self.decoding.num_return_sequences
-        return list(zip(batch.index.tolist(), sequences[::n]))
+        return predictions(self.student, batch, self.decoding, self.tokenizer.eos_token_id,
+                           self.tokenizer.pad_token_id, self.vocab_size, synced=self.trainer.world_size > 1)
 
     # --- optimiser -------------------------------------------------------------------------------
     def configure_optimizers(self):

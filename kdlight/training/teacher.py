@@ -55,8 +55,9 @@ class Teacher(ABC):
         return self
 
     @abstractmethod
-    def distributions(self, batch: Batch, vocab_size: int) -> torch.Tensor | SparseTargets:
-        """The teacher at every target position of `batch`: [B, T, V] logits or [B, T, k] top-k."""
+    def distributions(self, batch: Batch, vocab_size: int, noisy: bool = True) -> torch.Tensor | SparseTargets:
+        """The teacher at every target position of `batch`: [B, T, V] logits or [B, T, k] top-k.
+        `noisy=False` switches a live teacher's training-time dropout off (held-out metrics)."""
 
     @abstractmethod
     def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
@@ -92,11 +93,11 @@ class LiveTeacher(Teacher):
             self.sharded = True
         return self
 
-    def distributions(self, batch: Batch, vocab_size: int) -> torch.Tensor:
+    def distributions(self, batch: Batch, vocab_size: int, noisy: bool = True) -> torch.Tensor:
         """[B, T, V] teacher logits. `no_grad` rather than `inference_mode`: inference tensors may
         not be saved for backward, and the divergence's backward needs the teacher's values."""
         # Set every time: a caller's .train() on a parent must never switch dropout on by accident.
-        self.model.train(self.dropout)
+        self.model.train(self.dropout and noisy)
         with torch.no_grad():
             return target_logits(self.model, batch, vocab_size)
 
@@ -189,6 +190,7 @@ class StoredTeacher(Teacher):
 
     def __init__(self, store: TargetStore, path: str = ""):
         self.store, self.path = store, path
+        self.has_log_probs = any(s.top_ids is not None for sequences in store.outputs.values() for s in sequences)
         self._by_index: Outputs = {}
 
     def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
@@ -205,12 +207,13 @@ class StoredTeacher(Teacher):
         self._by_index = found
         return found
 
-    def distributions(self, batch: Batch, vocab_size: int) -> SparseTargets:
-        if not any(s.top_ids is not None for sequences in self._by_index.values() for s in sequences):
+    def distributions(self, batch: Batch, vocab_size: int, noisy: bool = True) -> SparseTargets:
+        if not self.has_log_probs:
             raise ValueError(f"the stored teacher ({self.path}) has no log-probabilities (text outputs only): use a "
                              "method with CE on its outputs (seqkd), not a divergence")
         b, t = batch.target_ids.shape
-        k = self.store.top_k or len(next(s for seqs in self._by_index.values() for s in seqs).top_ids[0])
+        first = next(s for sequences in self.store.outputs.values() for s in sequences if s.top_ids)
+        k = self.store.top_k or len(first.top_ids[0])
         ids = torch.zeros(b, t, k, dtype=torch.long)
         log_probs = torch.zeros(b, t, k)
         for row, (index, target) in enumerate(zip(batch.index.tolist(), batch.targets())):

@@ -50,13 +50,20 @@ class Text2SQLTask(Task):
     def __init__(self, source: SpiderFormat, prompt: PromptParts = PromptParts(), scorer: SqlScorer | None = None):
         self.source, self.prompt = source, prompt
         self._scorer = scorer or SqlScorer()
+        self._resolved: SpiderSource | None = None
 
     def prepare(self) -> None:
-        self.source.resolve()  # converts or generates the data once
+        self.spider_source()  # converts or generates the data once
+
+    def spider_source(self) -> SpiderSource:
+        """The Spider-format folder (resolving a generated or converted source reads its inputs)."""
+        if self._resolved is None:
+            self._resolved = self.source.resolve()
+        return self._resolved
 
     def load(self, split: str) -> list[Example]:
         self.check_split(split)
-        source = self.source.resolve()
+        source = self.spider_source()
         file = {"train": source.train_file, "eval": source.eval_file}.get(split)
         if file is None:  # no unlabeled split; no train split for an evaluation-only benchmark
             return []
@@ -68,5 +75,5 @@ class Text2SQLTask(Task):
         return self._scorer
 
     def describe(self) -> str:
-        source = self.source.resolve()
+        source = self.spider_source()
         return f"text-to-SQL in {source.root} (databases under {', '.join(source.db_roots)})"

@@ -29,7 +29,7 @@ from kdlight.tasks.text2sql.spider import SpiderSource
 log = logging.getLogger(__name__)
 
 CONVERSION_VERSION = 1
-SPLITS = ("question", "query")
+SPLIT_KINDS = ("question", "query")
 
 
 @dataclass(frozen=True)
@@ -55,8 +55,8 @@ class Text2SQLDataSource:
     train_splits: tuple[str, ...] | None = None
 
     def resolve(self) -> SpiderSource:
-        if self.split not in SPLITS:
-            raise ValueError(f"text2sql-data split must be one of {SPLITS}, got '{self.split}'")
+        if self.split not in SPLIT_KINDS:
+            raise ValueError(f"text2sql-data split must be one of {SPLIT_KINDS}, got '{self.split}'")
         for path, what in ((self.file, "dataset file"), (self.database, "database")):
             if not Path(path).is_file():
                 raise FileNotFoundError(f"text2sql-data {what} not found: {path} (source.{what.split()[-1]} must point at your copy)")
