@@ -14,7 +14,9 @@ Nothing here imports torch: the SQL scorer's worker processes import it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import math
 import os
 import shutil
 import sqlite3
@@ -36,37 +38,66 @@ def _temporary_sibling(path: Path, suffix: str = ".tmp") -> Path:
 
 def write_atomic(path: str | Path, data: str | bytes) -> Path:
     """Write `data` to `path` atomically; returns the path."""
-    path = Path(path)
-    staging = _temporary_sibling(path)
-    try:
+    with atomic_path(path) as staging:
         if isinstance(data, bytes):
             staging.write_bytes(data)
         else:
             staging.write_text(data)
-        os.replace(staging, path)
-    finally:
-        staging.unlink(missing_ok=True)
-    return path
+    return Path(path)
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """A temporary path to write with any library (torch.save, ...); swapped in on success."""
+    """A temporary path to write with any library (torch.save, ...); swapped in on success.
+
+    A write that fails (a full disk most often) raises an `OSError` naming `path` and the free
+    space left, and leaves neither the temporary file nor a damaged `path` behind.
+    """
     path = Path(path)
     staging = _temporary_sibling(path)
     try:
         yield staging
         os.replace(staging, path)
+    except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
+        raise write_failure(path, error) from error
     finally:
         staging.unlink(missing_ok=True)
 
 
+_SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def write_failure(path: Path, error: BaseException) -> OSError:
+    """An error that says which file could not be written, and how much room its disk has."""
+    try:
+        free = f"{shutil.disk_usage(path.parent).free / 2**20:,.0f} MiB free on its disk"
+    except OSError:
+        free = "its disk's free space unknown"
+    code = getattr(error, "errno", None)
+    why = "no space left, or a file size limit" if code in _SPACE_ERRORS else "the write failed: is the disk full?"
+    return OSError(code or errno.EIO, f"could not write {path} ({why}: {error}; {free}); nothing was "
+                                      "replaced: free some space and run the same command again")
+
+
 def write_json(path: str | Path, data: Any, indent: int | None = 2) -> Path:
-    return write_atomic(path, json.dumps(data, indent=indent, sort_keys=indent is not None) + "\n")
+    """Valid JSON always: a NaN or infinite number is written as null (JSON has neither)."""
+    text = json.dumps(finite(data), indent=indent, sort_keys=indent is not None, allow_nan=False)
+    return write_atomic(path, text + "\n")
 
 
 def write_jsonl(path: str | Path, records: Iterable[Any]) -> Path:
-    return write_atomic(path, "".join(json.dumps(record) + "\n" for record in records))
+    return write_atomic(path, "".join(json.dumps(finite(record), allow_nan=False) + "\n" for record in records))
+
+
+def finite(data: Any) -> Any:
+    """`data` with every NaN or infinite float replaced by None."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {key: finite(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [finite(value) for value in data]
+    return data
 
 
 def read_json(path: str | Path) -> Any:
@@ -148,7 +179,12 @@ def open_sqlite_read_only(path: str | Path) -> sqlite3.Connection:
         raise sqlite3.OperationalError(f"no such database file: {path}")
     conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
     conn.text_factory = lambda b: b.decode("utf-8", errors="replace")
-    conn.execute("PRAGMA query_only = ON")
+    try:
+        conn.execute("PRAGMA query_only = ON")
+        conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fails here if it is no database
+    except sqlite3.DatabaseError as error:
+        conn.close()
+        raise sqlite3.DatabaseError(f"{path}: not a readable SQLite database ({error})") from error
     return conn
 
 

@@ -129,13 +129,15 @@ def test_every_method_runs_fast_dev_run(overrides, tmp_path):
 def test_cli_multirun_writes_one_folder_per_job_and_survives_a_failed_job(tmp_path):
     # jobs with a negative learning rate fail (AdamW refuses it); the others must still run
     sweep = tmp_path / "sweep"
-    done = multirun(sweep, ["debug=fdr", "method=sft,rkd", "optimizer.lr=-1,1e-3"], tmp_path.parent / "cache")
+    done = multirun(sweep, ["debug=fdr", "method=sft,rkd", "optimizer.lr=-1,1e-3"], tmp_path.parent / "cache",
+                    fails=True)  # every job runs, then the command exits non-zero
     finished = sorted(p.parent.name for p in sweep.glob("*/metrics.json"))
     failed = sorted(p.parent.name for p in sweep.glob("*/error.txt"))
     assert len(finished) == 2 and all("optimizer.lr=0.001" in job for job in finished)
     assert len(failed) == 2 and all("optimizer.lr=-1" in job for job in failed)
     assert "Invalid learning rate" in (sweep / failed[0] / "error.txt").read_text()
-    assert "job failed: ValueError" in done.stderr + done.stdout and "the sweep goes on" in done.stderr + done.stdout
+    log = done.stderr + done.stdout
+    assert "job failed: ValueError" in log and "the sweep goes on" in log and "2 job(s) of the sweep failed" in log
     for job in finished:
         assert (sweep / job / ".hydra" / "config.yaml").exists()
 

@@ -20,14 +20,14 @@ from kdlight.report.table import aggregate
 from tests.helpers import multirun
 
 
-def sweep(tmp_path: Path, name: str, overrides: list[str]) -> Path:
-    multirun(tmp_path / name, ["debug=fdr", *overrides], tmp_path.parent / "cache")
+def sweep(tmp_path: Path, name: str, overrides: list[str], fails: bool = False) -> Path:
+    multirun(tmp_path / name, ["debug=fdr", *overrides], tmp_path.parent / "cache", fails)
     return tmp_path / name
 
 
 def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, capsys):
     main_sweep = sweep(tmp_path, "main", ["method=sft,rkd", "seed=0,1"])
-    broken = sweep(tmp_path, "broken", ["method=fkd", "optimizer.lr=-1"])
+    broken = sweep(tmp_path, "broken", ["method=fkd", "optimizer.lr=-1"], fails=True)
     killed = main_sweep / "9_killed"  # a job that started (config written) and never finished
     shutil.copytree(next(main_sweep.glob("0_*/.hydra")), killed / ".hydra")
 

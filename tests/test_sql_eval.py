@@ -190,14 +190,12 @@ def test_string_literals_are_compared_as_written(db):
     assert normalize_sql("select  a\nFROM t where b = 'x  y'") == "select a from t where b = 'x  y'"
 
 
-def test_parallel_scoring_matches_serial(db, monkeypatch):
-    from kdlight.eval.sql import scorer
-
-    monkeypatch.setattr(scorer, "MIN_PARALLEL", 2)  # so three items go to the worker processes
+def test_parallel_scoring_matches_serial(db):
     golds = ["SELECT name FROM singer", "SELECT count(*) FROM singer", "SELECT max(age) FROM singer"]
     preds = ["SELECT name FROM singer", "SELECT count(*) FROM singer WHERE age > 1", "SELECT min(age) FROM singer"]
     items = [ScoreItem(p, g, str(db)) for p, g in zip(preds, golds)]
-    serial, parallel = score_items(items, workers=1, progress=False), score_items(items, workers=2, progress=False)
+    serial = score_items(items, workers=1, progress=False)
+    parallel = score_items(items, workers=2, progress=False, parallel_from=2)  # three items to the workers
     assert [s.ex for s in serial] == [s.ex for s in parallel] == [True, True, False]
 
 

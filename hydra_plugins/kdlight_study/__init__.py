@@ -12,7 +12,7 @@ from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf
 
-from kdlight.io import FAILURE_FILE
+from kdlight.io import FAILURE_FILE, write_atomic
 from kdlight.pipelines.study import StudyError, StudyPlan, run_study
 
 
@@ -38,8 +38,7 @@ class StudySweeper(Sweeper):
             raise StudyError("no study selected: kdlight-study study=<name> (the options are in conf/study/)")
         plan = StudyPlan.from_config(self.config.study)
         root = Path(self.config.hydra.sweep.dir)
-        root.mkdir(parents=True, exist_ok=True)
-        OmegaConf.save(self.config, root / "multirun.yaml")
+        write_atomic(root / "multirun.yaml", OmegaConf.to_yaml(self.config))  # as Hydra's own sweeper does
         failed = run_study(plan, root, arguments, lambda jobs, first: self.launcher.launch(jobs, initial_job_idx=first),
                            self.dry_run)
         if failed:

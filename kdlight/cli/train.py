@@ -41,7 +41,25 @@ def job_dirname(overrides: str, limit: int = 120) -> str:
     return name
 
 
+def _multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def run_group() -> str:
+    """A W&B group: the sweep's folder for a sweep job, the run's own folder for a single run."""
+    hydra_cfg = HydraConfig.get()
+    return hydra_cfg.sweep.dir if _multirun() else hydra_cfg.runtime.output_dir
+
+
+def run_name(base: str) -> str:
+    """A W&B run name: `base`, and for a sweep job the overrides that tell it from the others."""
+    overrides = job_dirname(HydraConfig.get().job.override_dirname) if _multirun() else ""
+    return f"{base} [{overrides}]" if overrides else base
+
+
 OmegaConf.register_new_resolver("kd_dirname", job_dirname, replace=True)
+OmegaConf.register_new_resolver("kd_run_group", run_group, replace=True)
+OmegaConf.register_new_resolver("kd_run_name", run_name, replace=True)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 
 

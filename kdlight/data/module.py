@@ -174,7 +174,8 @@ class TaskDataModule(L.LightningDataModule):
         with _named(what, f"benchmarks.{name}.source" if prefix != "eval" else "data.task", task):
             examples = task.load("eval")[: self.spec.limit_eval]
             if not examples:
-                raise ValueError(f"nothing to evaluate: no evaluation examples (data.limit_eval={self.spec.limit_eval})")
+                raise ValueError(f"nothing to evaluate: no evaluation examples "
+                                 f"(data.limit_eval={self.spec.limit_eval})")
             notes = task.scorer().check(examples, name)
         for note in notes:
             log.warning(note)

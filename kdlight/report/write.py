@@ -112,13 +112,14 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 def plot(path: Path, columns: list[str], rows: list[dict], baseline: str) -> None:
-    """Left: each row's scores (bars per column). Right: average score against step time
+    """Left: each row's scores (bars per score column). Right: average score against step time
     relative to the baseline, one point per row."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on clusters or CI
     import matplotlib.pyplot as plt
 
+    columns = [c for c in columns if is_score(c)]  # percentages only: losses would be flat bars
     fig, (bars, cost) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(rows) + 6), 4.5),
                                      gridspec_kw={"width_ratios": [2, 1]})
     width = 0.8 / max(1, len(columns))

@@ -14,7 +14,6 @@ Outputs of one run, in `out`:
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import lightning as L
@@ -44,6 +43,7 @@ def train(run: Run, out: str | Path) -> RunResult:
     if run.skip_finished and (out / "metrics.json").exists():
         log.info(f"{out} already has metrics.json (skip_finished): not run again")
         return RunResult(read_json(out / "metrics.json"), out, out / "model", reused=True)
+    _check_something_to_train(run)
     L.seed_everything(run.seed, workers=True)
     if run.threads:
         torch.set_num_threads(run.threads)
@@ -82,9 +82,8 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule:
     evaluation set. Returns the metrics (empty on ranks other than 0)."""
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, StepTimer))
     last = out / "checkpoints" / "last.ckpt"
-    started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
-    fit_s = time.perf_counter() - started
+    fit_s = timer.fit_s  # earlier attempts of a resumed run included
     # A final held-out pass, so every run reports val/* for its final weights whatever the
     # validation interval was.
     validation = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
@@ -101,7 +100,8 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule:
         return {}
     scores, index = score_eval_sets(datamodule.eval_sets, decode, module.tokenizer, out)
     metrics = {**identity, "params": count_parameters(module.student), "steps": trainer.global_step,
-               "step_time_s": timer.median_step_s, "fit_time_s": fit_s, **validation, **scores, "benchmarks": index}
+               "step_time_s": timer.median_step_s, "timed_steps": len(timer.times), "fit_time_s": fit_s,
+               **validation, **scores, "benchmarks": index}
     write_json(out / "metrics.json", metrics)
     for logger in trainer.loggers:
         logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=trainer.global_step)
@@ -117,6 +117,13 @@ def _trainer(run: Run, out: Path) -> L.Trainer:
     return L.Trainer(**run.trainer, default_root_dir=out, logger=run.logger or False, use_distributed_sampler=False,
                      callbacks=[checkpoint, StepTimer(), *run.callbacks],
                      plugins=[AtomicCheckpointIO(), *run.plugins])
+
+
+def _check_something_to_train(run: Run) -> None:
+    steps, epochs = run.trainer.get("max_steps", -1), run.trainer.get("max_epochs")
+    if steps == 0 or (steps in (-1, None) and epochs == 0):
+        raise ValueError(f"trainer.max_steps={steps}, trainer.max_epochs={epochs}: nothing to train. To score a "
+                         "model without training it, use kdlight-eval (or kdlight.evaluate from Python)")
 
 
 def _check_teacher(run: Run, spec: ModelSpec | StoredTeacherSpec | None) -> None:

@@ -107,10 +107,11 @@ class TargetStore:
         conflicts = 0
         for line, row in rows:
             prompt, example_id = _identify(row, path, line)
-            conflicts += not store.add(prompt, example_id, [_sequence(o, path, line, encode) for o in _outputs(row, path, line)])
+            sequences = [_sequence(o, path, line, encode) for o in _outputs(row, path, line)]
+            conflicts += not store.add(prompt, example_id, sequences)
         if conflicts:
-            log.warning(f"{path}: {conflicts} lines repeat an earlier prompt with other outputs; identical prompts share "
-                        "outputs, so the last ones are used")
+            log.warning(f"{path}: {conflicts} lines repeat an earlier prompt with other outputs; identical prompts "
+                        "share outputs, so the last ones are used")
         return store
 
     def __len__(self) -> int:

@@ -68,8 +68,9 @@ class JsonlTask(Task):
             seen: dict[str, int] = {}
             for line, example in enumerate(examples, start=1):
                 if example.id in seen:
-                    raise ValueError(f"{path}: '{self.id_field}' {example.id!r} is used twice (examples {seen[example.id]} "
-                                     f"and {line}): ids must be unique, predictions and teacher outputs are joined on them")
+                    raise ValueError(f"{path}: '{self.id_field}' {example.id!r} is used twice (examples "
+                                     f"{seen[example.id]} and {line}): ids must be unique, predictions and teacher "
+                                     "outputs are joined on them")
                 seen[example.id] = line
         return examples
 

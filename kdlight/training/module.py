@@ -32,6 +32,10 @@ from kdlight.training.objective import loss_terms
 from kdlight.training.teacher import LiveTeacher, Teacher
 
 
+class NonFiniteLossError(FloatingPointError):
+    pass
+
+
 @dataclass(frozen=True)
 class LoopOptions:
     """How the shared loop optimises.
@@ -112,10 +116,13 @@ class DistillationModule(L.LightningModule):
     # --- exact resumption ------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """The random state of every rank (the source's generator: masks, draws; torch's global
-        generators: sampling), so a resumed run draws exactly what an uninterrupted one would."""
+        generators: sampling), so a resumed run draws exactly what an uninterrupted one would; and
+        the loggers' files, so every row before the checkpoint is on disk with it."""
         state = {"source": self.source_rng.get_state(), "torch": torch.get_rng_state(),
                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         checkpoint["kdlight_rng"] = _gather_objects(state)
+        for logger in self.trainer.loggers:
+            logger.save()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         states = checkpoint.get("kdlight_rng")
@@ -150,10 +157,21 @@ class DistillationModule(L.LightningModule):
             self.manual_backward(loss)
             for name, share in shares.items():
                 logged[name] = logged.get(name, 0.0) + float(share.detach())
+        self._stop_if_not_finite(logged)
         self._optimizer_step()
         self._log_step(logged, batch.size)
         for name, seconds in ctx.timings.items():  # e.g. on-policy generation, apart from the loss step
             self.log(f"train/{name}", seconds, batch_size=batch.size)
+    def _stop_if_not_finite(self, logged: dict[str, float]) -> None:
+        """A loss that is NaN or infinite on any rank stops the run before the update is applied:
+        training on would only spread it, and its model must not be saved or published."""
+        bad = torch.tensor(float(not all(math.isfinite(v) for v in logged.values())), device=self.device)
+        if float(self.trainer.strategy.reduce(bad, reduce_op="sum")) > 0:
+            terms = ", ".join(f"{name} {value:.4g}" for name, value in logged.items())
+            raise NonFiniteLossError(f"step {self.global_step + 1}: the loss is not finite ({terms}); nothing after "
+                                     "it is usable. Lower the learning rate (optimizer.lr), clip gradients "
+                                     "(loop.grad_clip), or check the data")
+
     def _global_count(self, mask: torch.Tensor) -> torch.Tensor:
         count = mask.sum().to(torch.float32)
         return self.trainer.strategy.reduce(count, reduce_op="sum").clamp(min=1.0)

@@ -12,9 +12,7 @@ Scoring runs in parallel worker processes (SQLite work is independent per exampl
 
 from __future__ import annotations
 
-import multiprocessing
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from kdlight.eval.scorer import Scorer
 from kdlight.eval.sql.comparators import get_comparator
 from kdlight.eval.sql.exact_match import exact_match
 from kdlight.eval.sql.execution import execute
+from kdlight.processes import worker_pool
 
 
 @dataclass(frozen=True)
@@ -88,20 +87,18 @@ def _score_star(args: tuple) -> ItemScore:
 
 # Fewer items are scored in this process: starting the workers costs ~5 s, while 300 generated
 # questions (3 databases each) score in ~2-3 s in one process (measured on 2 CPU cores).
-MIN_PARALLEL = 500
+PARALLEL_FROM = 500
 
 
 def score_items(items: Sequence[ScoreItem], comparator: str = "test_suite", limits: ExecutionLimits = ExecutionLimits(),
-                workers: int = 2, progress: bool = True) -> list[ItemScore]:
-    """Score every item (in `workers` processes for large sets; 0 or 1: in this process)."""
+                workers: int = 2, progress: bool = True, parallel_from: int = PARALLEL_FROM) -> list[ItemScore]:
+    """Score every item: in `workers` processes for `parallel_from` items or more, else here."""
     get_comparator(comparator)  # fail fast on a misspelt name
     jobs = [(item, comparator, limits) for item in items]
     bar = dict(total=len(jobs), desc=f"scoring SQL ({comparator})", disable=not progress, leave=False)
-    if workers <= 1 or len(jobs) < MIN_PARALLEL:
+    if workers <= 1 or len(jobs) < parallel_from:
         return [score_one(*job) for job in tqdm(jobs, **bar)]
-    # spawn: the trainer process holds torch threads; forking it is unsafe.
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+    with worker_pool(workers) as pool:  # the workers end with this process, even on kill -9
         chunk = max(1, len(jobs) // (workers * 8))
         return list(tqdm(pool.map(_score_star, jobs, chunksize=chunk), **bar))
 
@@ -113,6 +110,8 @@ class SqlScorer(Scorer):
         comparator: execution-accuracy comparator (`test_suite`, `spider`, `bird`).
         limits: per-query time limit and row cap.
         workers: processes that execute SQL in parallel.
+        parallel_from: sets smaller than this are scored in one process (starting workers costs
+            more than it saves).
         table_metrics: what a comparison table shows (BIRD: EX only, one database per question).
         group_by: EX/TS/EM per difficulty (`group`: Spider hardness, BIRD difficulty), or None.
     """
@@ -120,15 +119,16 @@ class SqlScorer(Scorer):
     per_example = ("ex", "ts", "em")
 
     def __init__(self, comparator: str = "test_suite", limits: ExecutionLimits = ExecutionLimits(), workers: int = 2,
-                 table_metrics: Sequence[str] = ("ex", "ts"), group_by: str | None = "group"):
+                 table_metrics: Sequence[str] = ("ex", "ts"), group_by: str | None = "group",
+                 parallel_from: int = PARALLEL_FROM):
         get_comparator(comparator)
-        self.comparator, self.limits, self.workers = comparator, limits, workers
+        self.comparator, self.limits, self.workers, self.parallel_from = comparator, limits, workers, parallel_from
         self.table_metrics, self.group_by = tuple(table_metrics), group_by
 
     def score_examples(self, examples: Sequence[Example], predictions: Sequence[str]) -> list[dict]:
         items = [ScoreItem(p, e.target or "", e.meta.get("db_path"), tuple(e.meta.get("suite", ())))
                  for e, p in zip(examples, predictions)]
-        scores = score_items(items, self.comparator, self.limits, self.workers)
+        scores = score_items(items, self.comparator, self.limits, self.workers, parallel_from=self.parallel_from)
         return [{"question": e.meta.get("question"), **_record(item, score)}
                 for e, item, score in zip(examples, items, scores)]
 

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from kdlight.data.example import Example
-from kdlight.io import read_json, sqlite_read_only
+from kdlight.io import open_sqlite_read_only, read_json
 
 log = logging.getLogger(__name__)
 
@@ -125,12 +125,13 @@ def load_examples(source: SpiderSource, file: str, parts: PromptParts) -> tuple[
         schemas |= load_schemas(source.path(tables_file))
     path = source.path(file)
     raw = read_json(path)
+    if not isinstance(raw, list):
+        keys = f" (keys: {sorted(raw)[:8]})" if isinstance(raw, dict) else ""
+        raise ValueError(f"{path}: expected a list of examples, got a JSON {type(raw).__name__}{keys}")
     report = LoadReport(str(path))
     examples = []
     for i, item in enumerate(raw):
-        for key in ("db_id", source.question_field, source.query_field, source.evidence_field):
-            if key is not None and key not in item:
-                raise KeyError(f"{path}: example {i} has no '{key}' (keys: {sorted(item)})")
+        _check_example(item, i, path, source)
         db_id = item["db_id"]
         if db_id not in schemas:
             report.missing_schema[db_id] += 1
@@ -149,6 +150,20 @@ def load_examples(source: SpiderSource, file: str, parts: PromptParts) -> tuple[
     return examples, report
 
 
+def _check_example(item: object, i: int, path: Path, source: SpiderSource) -> None:
+    """Each example is an object whose fields hold text (BIRD's evidence may be empty or null)."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{path}: example {i} is a JSON {type(item).__name__}, expected an object")
+    for key in ("db_id", source.question_field, source.query_field, source.evidence_field):
+        if key is None:
+            continue
+        if key not in item:
+            raise KeyError(f"{path}: example {i} has no '{key}' (keys: {sorted(item)})")
+        if not isinstance(item[key], str) and not (key == source.evidence_field and item[key] is None):
+            found = "null" if item[key] is None else type(item[key]).__name__
+            raise ValueError(f"{path}: example {i}: '{key}' must be text, got {found}")
+
+
 def find_database(source: SpiderSource, db_id: str) -> Path | None:
     for root in source.db_roots:
         candidate = source.path(root) / db_id / f"{db_id}.sqlite"
@@ -165,10 +180,22 @@ def test_suite(db_path: Path | None) -> list[Path]:
     return [db_path, *others]
 
 
+SCHEMA_KEYS = ("db_id", "table_names_original", "column_names_original", "column_types", "primary_keys",
+               "foreign_keys")
+
+
 def load_schemas(path: Path) -> dict[str, dict]:
     if not Path(path).exists():
         raise FileNotFoundError(f"schema file not found: {path}")
-    return {entry["db_id"]: entry for entry in read_json(path)}
+    entries = read_json(path)
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of database schemas, got a JSON {type(entries).__name__}")
+    for i, entry in enumerate(entries):
+        missing = [k for k in SCHEMA_KEYS if not isinstance(entry, dict) or k not in entry]
+        if missing:
+            raise KeyError(f"{path}: schema {i} ({entry.get('db_id', '?') if isinstance(entry, dict) else entry!r}) "
+                           f"has no {missing} (Spider tables.json format)")
+    return {entry["db_id"]: entry for entry in entries}
 
 
 def build_prompt(schema: dict, question: str, db_path: Path | None, parts: PromptParts) -> str:
@@ -225,7 +252,11 @@ def _text_values(db_path: str, per_column: int = 2000) -> tuple[tuple[str, str, 
 
 def _distinct_values(db_path: str, limit: int, text_only: bool = False):
     """(table, column, distinct non-null values) per column; unreadable columns are skipped."""
-    with sqlite_read_only(db_path) as conn:
+    try:
+        conn = open_sqlite_read_only(db_path)
+    except sqlite3.DatabaseError as error:  # a data error (the message names the file), as elsewhere
+        raise ValueError(str(error)) from error
+    try:
         for table, column in _columns(conn):
             where = f"typeof(\"{column}\") = 'text'" if text_only else f'"{column}" IS NOT NULL'
             try:
@@ -233,6 +264,8 @@ def _distinct_values(db_path: str, limit: int, text_only: bool = False):
             except sqlite3.Error:
                 continue
             yield table, column, [r[0] for r in rows]
+    finally:
+        conn.close()
 
 
 def match_contents(db_path: str, question: str, limit: int = 6) -> list[tuple[str, str, str]]:

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import re
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,7 +60,8 @@ class Text2SQLDataSource:
             raise ValueError(f"text2sql-data split must be one of {SPLIT_KINDS}, got '{self.split}'")
         for path, what in ((self.file, "dataset file"), (self.database, "database")):
             if not Path(path).is_file():
-                raise FileNotFoundError(f"text2sql-data {what} not found: {path} (source.{what.split()[-1]} must point at your copy)")
+                raise FileNotFoundError(f"text2sql-data {what} not found: {path} "
+                                        f"(source.{what.split()[-1]} must point at your copy)")
         folder = Path(self.cache_dir) / "text2sql_data" / f"{self.db_id}-{self._fingerprint()}"
         if not (folder / "done").exists():
             self._convert(folder)
@@ -103,10 +105,20 @@ class Text2SQLDataSource:
 
 def _read_entries(path: Path) -> list[dict]:
     entries = read_json(path)
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: expected a list of entries (text2sql-data format), got a JSON "
+                         f"{type(entries).__name__}")
     for i, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: entry {i} is a JSON {type(entry).__name__}, expected an object")
         for key in ("sql", "sentences", "query-split"):
             if key not in entry:
                 raise KeyError(f"{path}: entry {i} has no '{key}' (text2sql-data format; keys: {sorted(entry)})")
+        if not entry["sql"] or not all(isinstance(q, str) for q in entry["sql"]):
+            raise ValueError(f"{path}: entry {i}: 'sql' must be a non-empty list of queries")
+        for j, sentence in enumerate(entry["sentences"]):
+            if not isinstance(sentence, dict) or not isinstance(sentence.get("text"), str):
+                raise ValueError(f"{path}: entry {i}, sentence {j}: expected an object with a 'text'")
     return entries
 
 
@@ -124,6 +136,13 @@ def substitute(entry: dict, sentence: dict) -> tuple[str, str]:
 
 def sqlite_schema(database: Path, db_id: str) -> dict:
     """A Spider `tables.json` entry read from an SQLite database (declared types lower-cased)."""
+    try:
+        return _sqlite_schema(database, db_id)
+    except sqlite3.DatabaseError as error:
+        raise ValueError(f"{Path(database).resolve()}: not a readable SQLite database ({error})") from error
+
+
+def _sqlite_schema(database: Path, db_id: str) -> dict:
     with sqlite_read_only(database) as conn:
         tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY rowid")]
         columns, types, primary, index = [[-1, "*"]], ["text"], [], {}
