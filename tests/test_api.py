@@ -15,6 +15,7 @@ import torch
 
 from kdlight import EvalRun, Run, evaluate, train
 from kdlight.data.module import DataSpec, TaskDataModule
+from kdlight.data.tokenizer import TokenizerSpec
 from kdlight.losses import ForwardKL
 from kdlight.methods import GoldSequences, Method
 from kdlight.methods.teacher_outputs import TeacherOutputs
@@ -164,3 +165,28 @@ def test_evaluate_from_python_and_kdlight_eval_score_a_saved_model_as_training_d
     zero = json.loads((tmp_path / "zero" / "metrics.json").read_text())
     assert (zero["label"], zero["model"], zero["eval/n"]) == ("untrained", "llama-xs", 12)
     assert len((tmp_path / "zero" / "predictions.jsonl").read_text().splitlines()) == 12
+
+
+def test_a_teacher_known_only_by_its_outputs_file_drives_sparse_kd_with_no_model_loaded(tmp_path):
+    from kdlight.losses import ForwardKL
+    from kdlight.training.teacher import StoredTeacherSpec
+
+    jsonl = task(tmp_path / "data")
+    teacher = train(Run(data=data(jsonl), student=tiny("teacher"), trainer=TRAINER, data_name="games"),
+                    tmp_path / "teacher")
+    # A live teacher writes its outputs with their top-8 log-probabilities: the file a stored teacher reads.
+    with_logprobs = TeacherOutputs(str(tmp_path / "cache"), Decoding(max_new_tokens=8), top_k_logprobs=8)
+    train(Run(data=data(jsonl), student=tiny("s"), method=Method("seqkd", with_logprobs, None, ce_on="sequences"),
+              teacher=ModelSpec("teacher", path=str(teacher.model_dir)), trainer=TRAINER), tmp_path / "live")
+    store = next((tmp_path / "cache" / "teacher_outputs").glob("*.jsonl"))
+
+    stored = StoredTeacherSpec("gpt", str(store))
+    sparse = Method("seqkd_fkl", TeacherOutputs(None, Decoding(max_new_tokens=8)), ForwardKL(), ce_weight=0.0,
+                    ce_on="sequences")
+    result = train(Run(data=data(jsonl), student=tiny("s"), method=sparse, teacher=stored, trainer=TRAINER,
+                       tokenizer=TokenizerSpec(path=str(teacher.model_dir))), tmp_path / "stored")
+    assert result.metrics["teacher"] == "gpt" and result.metrics["teacher_params"] is None  # no model loaded
+    assert result.metrics["steps"] == 6 and "val/kl_from_teacher" not in result.metrics
+    with pytest.raises(ValueError, match="not the teacher's own outputs; a stored teacher .* has distributions"):
+        train(Run(data=data(jsonl), student=tiny("s"), method=Method("fkd", GoldSequences(), ForwardKL()),
+                  teacher=stored, trainer=TRAINER), tmp_path / "refused")

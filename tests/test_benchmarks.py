@@ -151,6 +151,17 @@ def test_text2sql_data_bad_input_names_file_and_key(tmp_path):
     file.write_text(json.dumps(entries))
     with pytest.raises(KeyError, match=r"towns.json: entry 1 has no 'sentences'"):
         Text2SQLDataSource(str(file), str(db), "towns", str(tmp_path / "cache")).resolve()
+    entries[1]["sentences"] = [{"variables": {}}]
+    file.write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"towns.json: entry 1, sentence 0: expected an object with a 'text'"):
+        Text2SQLDataSource(str(file), str(db), "towns", str(tmp_path / "cache")).resolve()
+    entries[1] = {**entries[0], "sql": [None]}
+    file.write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match=r"towns.json: entry 1: 'sql' must be a non-empty list of queries"):
+        Text2SQLDataSource(str(file), str(db), "towns", str(tmp_path / "cache")).resolve()
+    file.write_text(json.dumps({"entries": entries}))
+    with pytest.raises(ValueError, match=r"towns.json: expected a list of entries \(text2sql-data format\), got a JSON dict"):
+        Text2SQLDataSource(str(file), str(db), "towns", str(tmp_path / "cache")).resolve()
     with pytest.raises(FileNotFoundError, match="database not found: .*nowhere.sqlite"):
         Text2SQLDataSource(str(file), str(tmp_path / "nowhere.sqlite"), "towns", str(tmp_path / "cache")).resolve()
 

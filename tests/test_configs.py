@@ -224,7 +224,8 @@ def test_wandb_offline_run_holds_config_tags_metrics_and_is_always_finished(tmp_
     records = wandb_records(Path(cfg.paths.output_dir))
     run = next(r["run"] for r in records if r["type"] == "run")
     assert set(run["tags"]) >= {"rkd", "sqlgen", "teacher=llama-m", "student=llama-xs", "seed=0"}
-    assert run["run_group"] == cfg.hydra.sweep.dir
+    assert run["run_group"] == str(tmp_path / "run")  # a single run is a group of its own
+    assert run["display_name"] == "rkd-llama-xs"
     exits = [r["exit"] for r in records if r["type"] == "exit"]
     assert len(exits) == 1 and exits[0].get("exit_code", 0) == (1 if fails else 0)  # finished either way
     if not fails:

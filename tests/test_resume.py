@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 SETTINGS = ["data.limit_train=64", "data.batch_size=8", "data.limit_eval=8",
-            "trainer.max_steps=40", "trainer.val_check_interval=20", "checkpoint_every_n_steps=5",
+            "trainer.max_steps=40", "trainer.val_check_interval=18", "checkpoint_every_n_steps=5",
             "loop.warmup_steps=2", "data.decoding.max_new_tokens=16", "threads=1", "trainer.log_every_n_steps=1"]
 
 
@@ -63,3 +63,13 @@ def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, meth
     weights_b = load_file(folder / "model" / "model.safetensors")
     for name in weights_a:
         torch.testing.assert_close(weights_b[name], weights_a[name], rtol=0, atol=1e-6)
+
+    # Killed during the final evaluation (training done, no metrics.json yet): the re-run resumes
+    # from the end-of-fit checkpoint, evaluates again and logs the same rows, none twice.
+    (folder / "metrics.json").unlink()
+    again = subprocess.run(command(folder, method), capture_output=True, text=True, env=env, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] == 40
+    b = json.loads((folder / "metrics.json").read_text())
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    assert csv_rows(folder, timing) == csv_rows(tmp_path / "whole", timing)

@@ -52,7 +52,8 @@ def run_group() -> str:
 
 
 def run_name(base: str) -> str:
-    """A W&B run name: `base`, and for a sweep job the overrides that tell it from the others."""
+    """A W&B run name: `base`, and for a sweep job its overrides (as in its folder's name), which
+    tell it from the sweep's other jobs."""
     overrides = job_dirname(HydraConfig.get().job.override_dirname) if _multirun() else ""
     return f"{base} [{overrides}]" if overrides else base
 

@@ -263,12 +263,11 @@ def _named(what: str, settings: str, task: Task | None = None) -> Iterator[None]
         yield
     except (FileNotFoundError, KeyError, ValueError) as error:
         where = f" [{task.describe()}]" if task is not None and not isinstance(error, FileNotFoundError) else ""
-        message = f"{what}: {error}{where} (settings: {settings}; shared copies: KDLIGHT_DATA)"
-        try:
-            named = type(error)(message)
-        except TypeError:  # an error type that needs more than a message (UnicodeDecodeError)
-            named = ValueError(message)
-        raise named from error
+        why = error.args[0] if isinstance(error, KeyError) and error.args else error  # KeyError quotes its text
+        message = f"{what}: {why}{where} (settings: {settings}; shared copies: KDLIGHT_DATA)"
+        # A missing file stays a FileNotFoundError; every other data error is a ValueError (whatever
+        # type the loader raised, e.g. a KeyError for a missing field, or a UnicodeDecodeError).
+        raise (FileNotFoundError(message) if isinstance(error, FileNotFoundError) else ValueError(message)) from error
 
 
 def _own_generator(seed: int) -> torch.Generator:

@@ -83,6 +83,10 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule:
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, StepTimer))
     last = out / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    # The end of fit, its last validation done: a run killed during the evaluation below resumes
+    # from here (the periodic checkpoint of the last step precedes that validation and the loops'
+    # end-of-epoch bookkeeping).
+    trainer.save_checkpoint(last)
     fit_s = timer.fit_s  # earlier attempts of a resumed run included
     # A final held-out pass, so every run reports val/* for its final weights whatever the
     # validation interval was.

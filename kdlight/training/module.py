@@ -28,6 +28,7 @@ from kdlight.losses import forward_kl, select_positions, token_cross_entropy
 from kdlight.methods.base import Method, PrepareContext, StepContext
 from kdlight.models.decoding import Decoding, predictions
 from kdlight.models.lm import target_logits
+from kdlight.training.csv_log import ResumableCSVLogger
 from kdlight.training.objective import loss_terms
 from kdlight.training.teacher import LiveTeacher, Teacher
 
@@ -121,10 +122,17 @@ class DistillationModule(L.LightningModule):
         state = {"source": self.source_rng.get_state(), "torch": torch.get_rng_state(),
                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         checkpoint["kdlight_rng"] = _gather_objects(state)
-        for logger in self.trainer.loggers:
+        for logger in self._loggers():
             logger.save()
 
+    def _loggers(self) -> list:
+        trainer = self._trainer  # None when a spawn strategy's parent saves after fit, or outside fit
+        return trainer.loggers if trainer is not None else []
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        for logger in self._loggers():
+            if isinstance(logger, ResumableCSVLogger):
+                logger.resume_from(checkpoint["global_step"])
         states = checkpoint.get("kdlight_rng")
         if not states:
             return

@@ -193,8 +193,8 @@ def load_schemas(path: Path) -> dict[str, dict]:
     for i, entry in enumerate(entries):
         missing = [k for k in SCHEMA_KEYS if not isinstance(entry, dict) or k not in entry]
         if missing:
-            raise KeyError(f"{path}: schema {i} ({entry.get('db_id', '?') if isinstance(entry, dict) else entry!r}) "
-                           f"has no {missing} (Spider tables.json format)")
+            name = entry.get("db_id", "?") if isinstance(entry, dict) else type(entry).__name__
+            raise KeyError(f"{path}: schema {i} ({name}) has no {missing} (Spider tables.json format)")
     return {entry["db_id"]: entry for entry in entries}
 
 
