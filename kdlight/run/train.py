@@ -14,6 +14,7 @@ Outputs of one run, in `out`:
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -111,6 +112,12 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule:
         logger.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))}, step=trainer.global_step)
         logger.save()
     return metrics
+
+
+# kdlight's training step optimises by hand (micro-batches normalised by the global token count, a
+# check for a non-finite loss before the update), and a periodic checkpoint holds the state after
+# that update, which is what a resumed run needs: Lightning warns about that on every checkpoint.
+warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
 
 
 def _trainer(run: Run, out: Path) -> L.Trainer:
