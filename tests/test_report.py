@@ -151,3 +151,27 @@ def test_report_without_finished_runs_is_a_clear_error(tmp_path):
         report([str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="not a folder"):
         report([str(tmp_path / "nowhere")])
+
+
+def test_a_study_orders_columns_as_it_lists_its_jobs_and_a_losses_only_report_plots_them(tmp_path, recwarn):
+    from kdlight.report.write import ReportSpec, write_report
+
+    runs = sweep(tmp_path, "runs", ["method=sft"])
+    first = next(runs.glob("0_*"))
+    other = runs / "1_other"  # the same run on a data set named "alpha", which sorts first
+    shutil.copytree(first, other)
+    metrics = json.loads((other / "metrics.json").read_text())
+    metrics["data"] = "alpha"
+    for spec in metrics["benchmarks"]:
+        spec["name"] = "alpha" if spec["prefix"] == "eval" else spec["name"]
+    (other / "metrics.json").write_text(json.dumps(metrics))
+
+    by_folder = write_report([runs], tmp_path / "by_folder")
+    planned = write_report([runs], tmp_path / "planned", planned=[other, first])
+    assert "| sqlgen EX | sqlgen TS | alpha EX | alpha TS |" in by_folder  # folders in name order
+    assert "| alpha EX | alpha TS | sqlgen EX | sqlgen TS |" in planned  # the study's order
+
+    losses = write_report([runs], tmp_path / "losses", ReportSpec(metrics=("val/ce",), summary=False))
+    assert "| alpha val/ce |" in losses or "| sqlgen val/ce |" in losses
+    assert (tmp_path / "losses" / "report.png").read_bytes()[:4] == b"\x89PNG"
+    assert not [w for w in recwarn if "No artists with labels" in str(w.message)]  # the losses are plotted

@@ -250,10 +250,12 @@ def run_study(plan: StudyPlan, root: Path, arguments: Sequence[str], launch: Lau
 
 
 def write_reports(plan: StudyPlan, root: Path) -> None:
+    stages = {stage.name: stage for stage in plan.stages}
     for report in plan.reports:
         folders = [root / s for s in report.stages if (root / s).is_dir()]
+        planned = [job.folder for name in report.stages for job in plan.jobs(root, stages[name])]
         try:
-            text = write_report(folders, root / report.name, report.spec)
+            text = write_report(folders, root / report.name, report.spec, planned)
         except ReportError as error:  # e.g. every run failed: the failures are raised after this
             log.error(f"study {plan.name}: report '{report.name}' not written: {error}")
             continue

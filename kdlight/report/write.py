@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,9 +48,17 @@ class ReportError(ValueError):
     pass
 
 
-def write_report(folders: list[Path], out: Path, spec: ReportSpec = ReportSpec()) -> str:
-    """Collect the runs under `folders`, write report.{md,csv,png} to `out`, return the Markdown."""
+def write_report(folders: list[Path], out: Path, spec: ReportSpec = ReportSpec(),
+                 planned: Sequence[Path] = ()) -> str:
+    """Collect the runs under `folders`, write report.{md,csv,png} to `out`, return the Markdown.
+
+    `planned`: job folders in the order a study lists its jobs. Their runs come first, in that
+    order, so the columns follow the study's order (its data axis, say) rather than the folders'
+    alphabetical one; other runs follow.
+    """
     jobs = collect(folders)
+    position = {Path(folder).resolve(): i for i, folder in enumerate(planned)}
+    jobs.finished.sort(key=lambda run: position.get(Path(run["folder"]).resolve(), len(position)))
     if not jobs.finished:
         raise ReportError(f"no finished runs under {', '.join(map(str, folders))} "
                           f"({len(jobs.failed)} failed, {len(jobs.missing)} missing)")
@@ -112,32 +121,39 @@ def write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
 
 
 def plot(path: Path, columns: list[str], rows: list[dict], baseline: str) -> None:
-    """Left: each row's scores (bars per score column). Right: average score against step time
-    relative to the baseline, one point per row."""
+    """Left: each row's scores (bars per score column; a table of losses only, such as held-out
+    CE and KL, shows those). Right, where rows have an average score: that average against step
+    time relative to the baseline, one point per row."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only; no display on clusters or CI
     import matplotlib.pyplot as plt
 
-    columns = [c for c in columns if is_score(c)]  # percentages only: losses would be flat bars
-    fig, (bars, cost) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(rows) + 6), 4.5),
-                                     gridspec_kw={"width_ratios": [2, 1]})
-    width = 0.8 / max(1, len(columns))
-    for j, column in enumerate(columns):
+    scores = [c for c in columns if is_score(c)]
+    shown = scores or columns  # with scores, losses would be flat bars next to them
+    points = [r for r in rows if r["average"] is not None and r["relative_step"] is not None]
+    if points:
+        fig, (bars, cost) = plt.subplots(1, 2, figsize=(max(8, 1.2 * len(rows) + 6), 4.5),
+                                         gridspec_kw={"width_ratios": [2, 1]})
+    else:
+        fig, bars = plt.subplots(1, 1, figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
+    width = 0.8 / max(1, len(shown))
+    for j, column in enumerate(shown):
         values = [r[column].mean if r[column] else 0.0 for r in rows]
         bars.bar([i + j * width for i in range(len(rows))], values, width=width, label=column)
     bars.set_xticks([i + 0.4 - width / 2 for i in range(len(rows))], [f"{r['method']}\n{r['student']}" for r in rows],
                     fontsize=7)
-    bars.legend(fontsize=7)
-    bars.set_title("scores (mean over seeds)")
-    for r in rows:
-        if r["average"] is not None and r["relative_step"] is not None:
+    if shown:
+        bars.legend(fontsize=7)
+    bars.set_title("scores (mean over seeds)" if scores else "mean over seeds")
+    if points:
+        for r in points:
             cost.scatter(r["relative_step"], r["average"])
             cost.annotate(r["method"], (r["relative_step"], r["average"]), fontsize=7, xytext=(3, 3),
                           textcoords="offset points")
-    cost.set_xlabel(f"training step time relative to {baseline}")
-    cost.set_ylabel("average score")
-    cost.set_title("score vs training cost")
+        cost.set_xlabel(f"training step time relative to {baseline}")
+        cost.set_ylabel("average score")
+        cost.set_title("score vs training cost")
     fig.tight_layout()
     with atomic_path(path) as staging:
         fig.savefig(staging, format="png", dpi=120)
