@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from kdlight.cli.train import train
+from kdlight.training.callbacks import StepTimer
 from tests.conftest import REPO
 from tests.test_configs import compose_cfg, wandb_records
 
@@ -53,12 +55,20 @@ def test_a_run_killed_while_scoring_leaves_no_process_behind_and_its_rerun_repor
     gone, alive = psutil.wait_procs(workers, timeout=30)
     assert not alive, f"processes outlived their parent: {[p.pid for p in alive]}"
     assert not (folder / "metrics.json").exists()
+    before = step_timer_state(folder / "checkpoints" / "last.ckpt")  # what the killed attempt measured
 
     again = subprocess.run(train_command(folder, *SETTINGS), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     metrics = json.loads((folder / "metrics.json").read_text())
-    assert metrics["steps"] == metrics["timed_steps"] == 12  # the step times of the first attempt were kept
-    assert metrics["step_time_s"] > 0 and metrics["fit_time_s"] >= 12 * metrics["step_time_s"]
+    assert metrics["steps"] == metrics["timed_steps"] == len(before["times"]) == 12  # the first attempt's steps
+    assert metrics["step_time_s"] == statistics.median(before["times"][StepTimer().skip:])  # their median
+    assert metrics["fit_time_s"] >= before["fit_s"]  # the first attempt's training time counted
+
+
+def step_timer_state(checkpoint: Path) -> dict:
+    """The step timer's saved state (its step times, its training time) in a checkpoint."""
+    callbacks = torch.load(checkpoint, weights_only=False, map_location="cpu")["callbacks"]
+    return next(state for key, state in callbacks.items() if key.startswith("StepTimer"))
 
 
 # --- data errors name the file, the example and the field -------------------------------------------
