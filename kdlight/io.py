@@ -18,12 +18,17 @@ import errno
 import json
 import math
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
+
+class UnreadableDatabase(sqlite3.DatabaseError):
+    """A file that SQLite cannot open as a database; the message names it."""
+
 
 FAILURE_FILE = "error.txt"  # a run that failed writes its traceback here (reports list it as failed)
 
@@ -58,13 +63,19 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     try:
         yield staging
         os.replace(staging, path)
-    except (OSError, RuntimeError) as error:  # torch's writer reports a full disk as a RuntimeError
+    except OSError as error:
+        raise write_failure(path, error) from error
+    except RuntimeError as error:
+        if not _TORCH_WRITE_FAILED.search(str(error)):  # anything else torch.save may raise is not a write failure
+            raise
         raise write_failure(path, error) from error
     finally:
         staging.unlink(missing_ok=True)
 
 
 _SPACE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+# How torch's file writer reports a write that did not go through (a full disk, a file size limit).
+_TORCH_WRITE_FAILED = re.compile(r"unexpected pos|file write failed|PytorchStreamWriter failed writing")
 
 
 def write_failure(path: Path, error: BaseException) -> OSError:
@@ -74,7 +85,12 @@ def write_failure(path: Path, error: BaseException) -> OSError:
     except OSError:
         free = "its disk's free space unknown"
     code = getattr(error, "errno", None)
-    why = "no space left, or a file size limit" if code in _SPACE_ERRORS else "the write failed: is the disk full?"
+    if code in _SPACE_ERRORS:
+        why = "no space left, or a file size limit"
+    elif isinstance(error, OSError):
+        why = "the write failed"
+    else:  # torch's writer: it does not say why
+        why = "the write failed: is the disk full?"
     return OSError(code or errno.EIO, f"could not write {path} ({why}: {error}; {free}); nothing was "
                                       "replaced: free some space and run the same command again")
 
@@ -184,7 +200,7 @@ def open_sqlite_read_only(path: str | Path) -> sqlite3.Connection:
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()  # fails here if it is no database
     except sqlite3.DatabaseError as error:
         conn.close()
-        raise sqlite3.DatabaseError(f"{path}: not a readable SQLite database ({error})") from error
+        raise UnreadableDatabase(f"{path}: not a readable SQLite database ({error})") from error
     return conn
 
 

@@ -50,6 +50,7 @@ def test_a_run_killed_while_scoring_leaves_no_process_behind_and_its_rerun_repor
             break
         time.sleep(0.05)
     assert job.poll() is None and len(workers) >= 2, "the run ended before its scoring workers could be seen"
+    workers = parent.children(recursive=True)  # every one alive now, also any started since
     os.kill(job.pid, signal.SIGKILL)
     job.wait()
     gone, alive = psutil.wait_procs(workers, timeout=30)
@@ -213,3 +214,16 @@ def test_wandb_names_tell_sweep_jobs_apart_and_a_sweep_is_one_group(tmp_path):
     assert len(set(names)) == 2 and "debug=limit" in names[0]
     assert {r["run_group"] for r in runs} == {str(sweep)}  # one group per sweep
     # A single run is a group of its own: tests/test_configs.py (its W&B test) checks that.
+
+
+def test_an_error_that_is_not_a_failed_write_passes_through_unchanged(tmp_path):
+    from kdlight.io import atomic_path
+
+    with pytest.raises(RuntimeError, match="^a serialisation error$"):  # not reported as a full disk
+        with atomic_path(tmp_path / "x.ckpt"):
+            raise RuntimeError("a serialisation error")
+    with pytest.raises(OSError, match=r"could not write .*x\.ckpt \(the write failed: .*Permission denied") as info:
+        with atomic_path(tmp_path / "x.ckpt"):
+            raise PermissionError(13, "Permission denied")
+    assert "disk full" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []  # no temporary file left either way

@@ -111,8 +111,13 @@ def test_runs_of_one_seed_that_nothing_tells_apart_are_never_averaged(tmp_path):
     """Two runs started from Python (no overrides), same method, data and seed: not two seeds."""
     runs = [fake_run(tmp_path / "x" / "one", "sft", 0, 10.0, []), fake_run(tmp_path / "y" / "two", "sft", 0, 30.0, [])]
     _, rows = aggregate(runs, None, "sft")
-    assert sorted(r["method"] for r in rows) == ["sft [run one]", "sft [run two]"]
+    assert sorted(r["method"] for r in rows) == ["sft [run x/one]", "sft [run y/two]"]
     assert all(r["split"] and r["seeds"] == 1 for r in rows)
+    # Two sweeps name their jobs alike: the rows are still two, named up to where the folders differ.
+    runs = [fake_run(tmp_path / "a" / "0_m", "sft", 0, 10.0, []), fake_run(tmp_path / "b" / "0_m", "sft", 0, 30.0, [])]
+    _, rows = aggregate(runs, None, "sft")
+    assert sorted((r["method"], r["sqlgen EX"].mean) for r in rows) == [("sft [run a/0_m]", 10.0),
+                                                                        ("sft [run b/0_m]", 30.0)]
 
 
 def test_a_failed_single_run_is_listed_as_failed_not_as_running(tmp_path):
@@ -177,6 +182,6 @@ def test_a_study_orders_columns_as_it_lists_its_jobs_and_a_losses_only_report_pl
     assert "| alpha EX | alpha TS | sqlgen EX | sqlgen TS |" in planned  # the study's order
 
     losses = write_report([runs], tmp_path / "losses", ReportSpec(metrics=("val/ce",), summary=False))
-    assert "| alpha val/ce |" in losses or "| sqlgen val/ce |" in losses
+    assert "| sqlgen val/ce | alpha val/ce |" in losses
     assert (tmp_path / "losses" / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert not [w for w in recwarn if "No artists with labels" in str(w.message)]  # the losses are plotted

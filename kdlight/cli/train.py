@@ -47,8 +47,7 @@ def _multirun() -> bool:
 
 def run_group() -> str:
     """A W&B group: the sweep's folder for a sweep job, the run's own folder for a single run."""
-    hydra_cfg = HydraConfig.get()
-    return hydra_cfg.sweep.dir if _multirun() else hydra_cfg.runtime.output_dir
+    return HydraConfig.get().sweep.dir if _multirun() else HydraConfig.get().runtime.output_dir
 
 
 def run_name(base: str) -> str:

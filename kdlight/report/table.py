@@ -18,6 +18,7 @@ relative to the baseline's.
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
@@ -94,12 +95,18 @@ def row_keys(runs: list[dict]) -> list[tuple]:
 
 def _apart_same_seed(keys: list[tuple], runs: list[dict]) -> list[tuple]:
     """Runs of one row with the same data and seed are not seeds of one experiment: give each its
-    own row, named after its folder."""
-    seen: dict[tuple, int] = defaultdict(int)
-    for key, run in zip(keys, runs):
-        seen[(key, run["data"], run["seed"])] += 1
-    return [(*key[:4], key[4] + (f"run {Path(run['folder']).name}",), True)
-            if seen[(key, run["data"], run["seed"])] > 1 else (*key, False) for key, run in zip(keys, runs)]
+    own row, named after its folder (as far up as tells them apart: two sweeps name their jobs
+    alike)."""
+    same: dict[tuple, list[int]] = defaultdict(list)
+    for i, (key, run) in enumerate(zip(keys, runs)):
+        same[(key, run["data"], run["seed"])].append(i)
+    apart = [(*key, False) for key in keys]
+    for members in (m for m in same.values() if len(m) > 1):
+        folders = [Path(runs[i]["folder"]).resolve() for i in members]
+        common = Path(os.path.commonpath(folders))
+        for i, folder in zip(members, folders):
+            apart[i] = (*keys[i][:4], keys[i][4] + (f"run {folder.relative_to(common)}",), True)
+    return apart
 
 
 def _distinguishes(override: str) -> bool:

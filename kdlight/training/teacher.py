@@ -190,7 +190,7 @@ class StoredTeacher(Teacher):
 
     def __init__(self, store: TargetStore, path: str = ""):
         self.store, self.path = store, path
-        self.has_log_probs = any(s.top_ids is not None for sequences in store.outputs.values() for s in sequences)
+        self.has_log_probs = any(s.top_ids for sequences in store.outputs.values() for s in sequences)
         self._by_index: Outputs = {}
 
     def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
@@ -207,10 +207,14 @@ class StoredTeacher(Teacher):
         self._by_index = found
         return found
 
-    def distributions(self, batch: Batch, vocab_size: int, noisy: bool = True) -> SparseTargets:
+    def require_log_probs(self, method: str = "a divergence") -> None:
+        """Refuse a method that compares distributions when the store has text outputs only."""
         if not self.has_log_probs:
-            raise ValueError(f"the stored teacher ({self.path}) has no log-probabilities (text outputs only): use a "
-                             "method with CE on its outputs (seqkd), not a divergence")
+            raise ValueError(f"the stored teacher ({self.path}) has no log-probabilities (text outputs only), so "
+                             f"{method} cannot compare distributions: use a method with CE on its outputs (seqkd)")
+
+    def distributions(self, batch: Batch, vocab_size: int, noisy: bool = True) -> SparseTargets:
+        self.require_log_probs()
         b, t = batch.target_ids.shape
         first = next(s for sequences in self.store.outputs.values() for s in sequences if s.top_ids)
         k = self.store.top_k or len(first.top_ids[0])

@@ -22,7 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from kdlight.data.example import Example
-from kdlight.io import open_sqlite_read_only, read_json
+from kdlight.io import UnreadableDatabase, open_sqlite_read_only, read_json
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +254,7 @@ def _distinct_values(db_path: str, limit: int, text_only: bool = False):
     """(table, column, distinct non-null values) per column; unreadable columns are skipped."""
     try:
         conn = open_sqlite_read_only(db_path)
-    except sqlite3.DatabaseError as error:  # a data error (the message names the file), as elsewhere
+    except UnreadableDatabase as error:  # a data error; the message names the file
         raise ValueError(str(error)) from error
     try:
         for table, column in _columns(conn):

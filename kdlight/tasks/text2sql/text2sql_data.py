@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kdlight.eval.sql.execution import execute
-from kdlight.io import read_json, sqlite_read_only, staging_dir
+from kdlight.io import UnreadableDatabase, read_json, sqlite_read_only, staging_dir
 from kdlight.tasks.text2sql.spider import SpiderSource
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,10 @@ def sqlite_schema(database: Path, db_id: str) -> dict:
     """A Spider `tables.json` entry read from an SQLite database (declared types lower-cased)."""
     try:
         return _sqlite_schema(database, db_id)
+    except UnreadableDatabase as error:  # a data error; the message names the file
+        raise ValueError(str(error)) from error
     except sqlite3.DatabaseError as error:
-        raise ValueError(f"{Path(database).resolve()}: not a readable SQLite database ({error})") from error
+        raise ValueError(f"{Path(database).resolve()}: cannot read its schema ({error})") from error
 
 
 def _sqlite_schema(database: Path, db_id: str) -> dict:
