@@ -7,7 +7,6 @@ composition (Hydra's struct mode); a wrong value fails when its component is bui
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from typing import Any
 
 from hydra.utils import instantiate
@@ -77,7 +76,7 @@ def _models(cfg: DictConfig, needs_teacher: bool) -> tuple[ModelSpec, ModelSpec 
     teacher = instantiate(cfg.teacher) if needs_teacher else None
     if isinstance(teacher, ModelSpec) and cfg.teacher_from_store:
         store = stored_teacher(cfg.paths.teachers_dir, cfg.data_name, teacher.name)
-        teacher = replace(teacher, path=str(require_stored_teacher(store, cfg.data_name, teacher.name)))
+        teacher = teacher.saved_at(require_stored_teacher(store, cfg.data_name, teacher.name))
     return instantiate(cfg.student), teacher
 
 

@@ -56,14 +56,23 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int, split_digits: bool = 
 
 
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerBase:
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
+    """The tokenizer saved in an HF folder (or hub name), or the one inside a `.gguf` file."""
+    path = Path(path)
+    if path.suffix == ".gguf":
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:  # many causal LMs ship without one; EOS is the usual stand-in
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
 
 
 def has_tokenizer(path: str | Path | None) -> bool:
-    return path is not None and Path(path, "tokenizer_config.json").exists()
+    """Whether `path` (a model folder or a `.gguf` file, which always holds its tokenizer) has one."""
+    if path is None:
+        return False
+    path = Path(path)
+    return path.is_file() if path.suffix == ".gguf" else (path / "tokenizer_config.json").exists()
 
 
 def describe(tokenizer: PreTrainedTokenizerBase) -> str:

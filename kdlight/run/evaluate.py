@@ -100,10 +100,10 @@ def evaluate(run: EvalRun, out: str | Path) -> RunResult:
     if run.threads:
         torch.set_num_threads(run.threads)
     # The training text is read only to train a tokenizer for a model that has none.
-    needs_text = run.tokenizer.path is None and not has_tokenizer(run.model.path)
+    needs_text = run.tokenizer.path is None and not has_tokenizer(run.model.weights)
     datamodule = TaskDataModule(run.data, run.data_name, run.benchmarks, seed=run.seed, use_train=needs_text)
     datamodule.load()
-    tokenizer = resolve_tokenizer(run.tokenizer, [run.model.path], datamodule.training_texts(), out / "tokenizer")
+    tokenizer = resolve_tokenizer(run.tokenizer, [run.model.weights], datamodule.training_texts(), out / "tokenizer")
     datamodule.connect(tokenizer)
     datamodule.setup()
     model = build_model(run.model, tokenizer)

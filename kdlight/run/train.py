@@ -26,14 +26,25 @@ from kdlight.data.module import TaskDataModule, target_ids
 from kdlight.data.tokenizer import has_tokenizer, load_tokenizer, resolve_tokenizer
 from kdlight.io import read_json, write_json
 from kdlight.models.build import ModelSpec, build_model, count_parameters, save_model
-from kdlight.models.vocab import ModelVocab, VocabularyMismatch, add_mask_token, shared_vocab_size
+from kdlight.models.lora import add_lora, merged
+from kdlight.models.vocab import (
+    ModelVocab,
+    VocabularyMismatch,
+    add_mask_token,
+    shared_vocab_size,
+)
 from kdlight.run.evaluate import score_eval_sets
 from kdlight.run.spec import Run, RunResult
 from kdlight.targets.store import TargetStore
 from kdlight.training.callbacks import StepTimer
 from kdlight.training.checkpoint_io import AtomicCheckpointIO
 from kdlight.training.module import DistillationModule
-from kdlight.training.teacher import LiveTeacher, StoredTeacher, StoredTeacherSpec, Teacher
+from kdlight.training.teacher import (
+    LiveTeacher,
+    StoredTeacher,
+    StoredTeacherSpec,
+    Teacher,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,12 +67,16 @@ def train(run: Run, out: str | Path) -> RunResult:
     if not datamodule.train_examples and not datamodule.unlabeled_examples:
         raise ValueError(f"data '{run.data_name}': nothing to train on: no training examples "
                          f"(data.limit_train={run.data.limit_train}) [{run.data.task.describe()}]")
-    model_paths = [s.path for s in (run.student, teacher_spec) if isinstance(s, ModelSpec)]
+    model_paths = [s.weights for s in (run.student, teacher_spec) if isinstance(s, ModelSpec)]
     tokenizer = resolve_tokenizer(run.tokenizer, model_paths, datamodule.training_texts(), out / "tokenizer")
     datamodule.connect(tokenizer)
     student = build_model(run.student, tokenizer)
     teacher = _build_teacher(teacher_spec, run, tokenizer)
     vocab_size = _shared_vocab(run, tokenizer, student, teacher_spec, teacher)
+    if run.student.lora is not None:  # after the vocabulary is settled: a mask token's new row stays frozen
+        student = add_lora(student, run.student.lora)
+        log.info(f"LoRA adapters r={run.student.lora.r} on {run.student.lora.target_modules}: "
+                 f"{sum(p.numel() for p in student.parameters() if p.requires_grad):,} trainable parameters")
     module = DistillationModule(student, run.method, tokenizer, vocab_size, run.optimizer, run.loop, teacher,
                                 seed=run.seed, decoding=run.data.decoding)
     trainer = _trainer(run, out)
@@ -90,6 +105,7 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule:
     if not trainer.fast_dev_run:  # a smoke test leaves no checkpoint, as Lightning's own
         trainer.save_checkpoint(last)
     fit_s = timer.fit_s  # earlier attempts of a resumed run included
+    module.student = merged(module.student)  # LoRA: evaluate and save the plain model
     # A final held-out pass, so every run reports val/* for its final weights whatever the
     # validation interval was.
     validation = {k: float(v) for k, v in trainer.validate(module, datamodule=datamodule, verbose=False)[0].items()}
@@ -149,6 +165,9 @@ def _check_teacher(run: Run, spec: ModelSpec | StoredTeacherSpec | None) -> None
                              "for those: use a live teacher, or a method on its outputs (seqkd, seqkd_fkl)")
         if run.teacher_kl:
             raise ValueError("teacher_kl needs a live teacher (a stored one cannot score the evaluation targets)")
+    if isinstance(spec, ModelSpec) and spec.lora is not None:
+        raise ValueError(f"teacher '{spec.name}': lora adapts the model a run trains; the teacher is frozen "
+                         "(to fine-tune the teacher with LoRA, run stage=teacher with teacher.lora)")
     if isinstance(spec, ModelSpec) and spec.path is None and run.method.needs_teacher:
         log.warning(f"method {run.method.name} distils from a randomly initialised teacher: set teacher.path=<teacher "
                     "run>/model to distil from a trained one")
@@ -176,9 +195,9 @@ def _shared_vocab(run: Run, tokenizer: PreTrainedTokenizerBase, student: PreTrai
     def own(path: str | None):
         return load_tokenizer(path) if has_tokenizer(path) else None
 
-    entries = [ModelVocab(run.stage, student, own(run.student.path))]
+    entries = [ModelVocab(run.stage, student, own(run.student.weights))]
     if isinstance(teacher, LiveTeacher):
-        entries.append(ModelVocab("teacher", teacher.model, own(teacher_spec.path)))
+        entries.append(ModelVocab("teacher", teacher.model, own(teacher_spec.weights)))
     vocab_size = shared_vocab_size(tokenizer, entries)
     if isinstance(teacher, StoredTeacher) and teacher.store.vocab_size not in (None, vocab_size):
         raise VocabularyMismatch(f"the stored teacher outputs ({teacher.path}) use a {teacher.store.vocab_size}-token "

@@ -28,6 +28,7 @@ from kdlight.losses import forward_kl, select_positions, token_cross_entropy
 from kdlight.methods.base import Method, PrepareContext, StepContext
 from kdlight.models.decoding import Decoding, predictions
 from kdlight.models.lm import target_logits
+from kdlight.models.lora import trainable_state_keys
 from kdlight.training.csv_log import ResumableCSVLogger
 from kdlight.training.objective import loss_terms
 from kdlight.training.teacher import LiveTeacher, Teacher
@@ -88,6 +89,9 @@ class DistillationModule(L.LightningModule):
         self.method, self.tokenizer, self.vocab_size = method, tokenizer, vocab_size
         self.optimizer_factory, self.options, self.decoding = optimizer, options, decoding
         self.source_rng = torch.Generator().manual_seed(seed)
+        # A student with frozen weights (LoRA adapters on a frozen base) checkpoints only what
+        # trains; the frozen part is rebuilt from its config, so loading is not strict.
+        self.strict_loading = not self._has_frozen_weights()
         # The entry point logs the whole resolved config; these keys must not collide with it.
         self.save_hyperparameters({"method_name": method.name, "shared_vocab_size": vocab_size})
 
@@ -122,6 +126,9 @@ class DistillationModule(L.LightningModule):
         state = {"source": self.source_rng.get_state(), "torch": torch.get_rng_state(),
                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         checkpoint["kdlight_rng"] = _gather_objects(state)
+        if self._has_frozen_weights():
+            trained = set(trainable_state_keys(self.student, "student."))
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
         for logger in self._loggers():
             logger.save()
 
@@ -129,7 +136,15 @@ class DistillationModule(L.LightningModule):
         trainer = self._trainer  # None when a spawn strategy's parent saves after fit, or outside fit
         return trainer.loggers if trainer is not None else []
 
+    def _has_frozen_weights(self) -> bool:
+        return any(not p.requires_grad for p in self.student.parameters())
+
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if not self.strict_loading:
+            missing = set(trainable_state_keys(self.student, "student.")) - set(checkpoint["state_dict"])
+            if missing:
+                raise KeyError(f"the checkpoint has no values for {len(missing)} trained parameters of this student "
+                               f"(e.g. {min(missing)}): it was written for another model or LoRA setting")
         for logger in self._loggers():
             if isinstance(logger, ResumableCSVLogger):
                 logger.resume_from(checkpoint["global_step"])
