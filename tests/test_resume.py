@@ -27,18 +27,24 @@ def csv_rows(run: Path, leave_out: tuple[str, ...]) -> list[dict]:
         return [{k: v for k, v in row.items() if k not in leave_out} for row in csv.DictReader(f)]
 
 
-def command(folder: Path, method: str) -> list[str]:
-    return [sys.executable, "-m", "kdlight.cli.train", *SETTINGS, f"method={method}", f"hydra.run.dir={folder}"]
+def command(folder: Path, method: str, extra: tuple[str, ...] = ()) -> list[str]:
+    return [sys.executable, "-m", "kdlight.cli.train", *SETTINGS, f"method={method}", *extra,
+            f"hydra.run.dir={folder}"]
 
 
-@pytest.mark.parametrize("method", ["sft", "gkd"])  # gkd: random draws and student sampling at every step
-def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, method):
+# gkd: random draws and student sampling at every step; lora: the checkpoint holds only the
+# adapters, the frozen base is rebuilt on resume.
+@pytest.mark.parametrize("method, extra", [("sft", ()), ("gkd", ()),
+                                           ("sft", ("student.lora={r: 4, alpha: 8, dropout: 0.0}",))],
+                         ids=["sft", "gkd", "sft-lora"])
+def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, method, extra):
     env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path / "cache")}
-    whole = subprocess.run(command(tmp_path / "whole", method), capture_output=True, text=True, env=env, timeout=600)
+    whole = subprocess.run(command(tmp_path / "whole", method, extra), capture_output=True, text=True, env=env,
+                           timeout=600)
     assert whole.returncode == 0, whole.stderr[-3000:]
 
     folder = tmp_path / "killed"
-    job = subprocess.Popen(command(folder, method), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    job = subprocess.Popen(command(folder, method, extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     last = folder / "checkpoints" / "last.ckpt"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and job.poll() is None:
@@ -50,10 +56,12 @@ def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, meth
     job.wait()
     killed_at = torch.load(last, weights_only=False, map_location="cpu")["global_step"]
     assert 15 <= killed_at < 40 and killed_at % 8 != 0
+    adapters_only = all("lora_" in k for k in torch.load(last, weights_only=False, map_location="cpu")["state_dict"])
+    assert adapters_only == bool(extra)
     assert not (folder / "metrics.json").exists()
     before = step_timer_state(last)
 
-    again = subprocess.run(command(folder, method), capture_output=True, text=True, env=env, timeout=600)
+    again = subprocess.run(command(folder, method, extra), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((folder / "metrics.json").read_text())
@@ -71,7 +79,7 @@ def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, meth
     # Killed during the final evaluation (training done, no metrics.json yet): the re-run resumes
     # from the end-of-fit checkpoint, evaluates again and logs the same rows, none twice.
     (folder / "metrics.json").unlink()
-    again = subprocess.run(command(folder, method), capture_output=True, text=True, env=env, timeout=600)
+    again = subprocess.run(command(folder, method, extra), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] == 40
     b = json.loads((folder / "metrics.json").read_text())
