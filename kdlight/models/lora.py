@@ -37,14 +37,24 @@ class LoraSpec:
     def parse(cls, value: Mapping | LoraSpec | None, where: str = "lora") -> LoraSpec | None:
         if value is None or isinstance(value, LoraSpec):
             return value
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected a mapping such as {{r: 16, alpha: 32}}, got {value!r}")
         value = dict(value)
         known = {f.name for f in fields(cls)}
         unknown = set(value) - known
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)} (expected {', '.join(sorted(known))})")
+        for key, kinds, expected in (("r", (int,), "an integer"), ("alpha", (int, float), "a number"),
+                                     ("dropout", (int, float), "a number")):
+            if key in value and (not isinstance(value[key], kinds) or isinstance(value[key], bool)):
+                raise ValueError(f"{where}.{key}: expected {expected}, got {value[key]!r}")
         targets = value.get("target_modules", cls.target_modules)
-        if not isinstance(targets, str):
+        if isinstance(targets, str):
+            pass
+        elif isinstance(targets, Sequence) and targets and all(isinstance(t, str) for t in targets):
             value["target_modules"] = tuple(targets)
+        else:
+            raise ValueError(f"{where}.target_modules: expected all-linear or a list of module names, got {targets!r}")
         spec = cls(**value)
         if spec.r < 1:
             raise ValueError(f"{where}.r={spec.r}: the rank must be at least 1")
@@ -61,8 +71,13 @@ def add_lora(model: PreTrainedModel, spec: LoraSpec) -> PeftModel:
 
 
 def merged(model: PreTrainedModel | PeftModel) -> PreTrainedModel:
-    """The plain model: adapters merged into the base weights (a model without adapters as is)."""
-    return model.merge_and_unload() if isinstance(model, PeftModel) else model
+    """The plain model: adapters merged into the base weights (a model without adapters as is).
+
+    Merged in float32: a bfloat16 base would round small adapter updates away (its resolution is
+    ~4e-3 relative), so the merged model, and the saved one, would not be the model trained."""
+    if not isinstance(model, PeftModel):
+        return model
+    return model.float().merge_and_unload()
 
 
 def trainable_state_keys(model, prefix: str = "") -> Sequence[str]:

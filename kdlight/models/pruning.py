@@ -67,7 +67,7 @@ class LayerPruning:
     @classmethod
     def parse(cls, value: Mapping, where: str = "prune") -> LayerPruning:
         """From a config mapping: `{num_layers|keep_layers}` (causal) or `{encoder: ..., decoder: ...}`."""
-        value = dict(value)
+        value = _mapping(value, where)
         selection_keys, stack_keys = {"keep_layers", "num_layers"}, {"encoder", "decoder"}
         unknown = set(value) - selection_keys - stack_keys
         if unknown or not value or (set(value) & selection_keys and set(value) & stack_keys):
@@ -78,13 +78,25 @@ class LayerPruning:
         return cls({stack: _selection(value[stack], f"{where}.{stack}") for stack in value})
 
 
+def _mapping(value, where: str) -> dict:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{where}: expected a mapping such as {{num_layers: 6}} or {{keep_layers: [0, 10, 20, 29]}}, "
+                         f"got {value!r}")
+    return dict(value)
+
+
 def _selection(value: Mapping, where: str) -> LayerSelection:
-    value = dict(value)
+    value = _mapping(value, where)
     unknown = set(value) - {"keep_layers", "num_layers"}
     if unknown:
         raise ValueError(f"{where}: unknown keys {sorted(unknown)} (expected keep_layers or num_layers)")
-    keep = value.get("keep_layers")
-    return LayerSelection(tuple(int(i) for i in keep) if keep is not None else None, value.get("num_layers"))
+    keep, count = value.get("keep_layers"), value.get("num_layers")
+    if keep is not None and (isinstance(keep, (str, Mapping)) or not hasattr(keep, "__iter__")
+                             or not all(isinstance(i, int) and not isinstance(i, bool) for i in keep)):
+        raise ValueError(f"{where}.keep_layers: expected a list of layer indices, got {keep!r}")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+        raise ValueError(f"{where}.num_layers: expected an integer, got {count!r}")
+    return LayerSelection(tuple(keep) if keep is not None else None, count)
 
 
 def prune_layers(model: PreTrainedModel, pruning: LayerPruning) -> PreTrainedModel:
@@ -103,13 +115,41 @@ def prune_layers(model: PreTrainedModel, pruning: LayerPruning) -> PreTrainedMod
         kept[stack] = keep
         _set_layer_count(config, stack, total, keep)
     auto = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    # Not the source's folder: a pruned model is another model (caches keyed on it must differ).
+    config._name_or_path = ""
     pruned = auto.from_config(config, dtype=next(model.parameters()).dtype)
+    pruned_stacks = _layer_stacks(pruned)
+    state = {}
+    for stack, keep in kept.items():
+        prefix, layers = stacks[stack]
+        state.update(_kept_layers_state(prefix, layers, pruned_stacks[stack][1], keep, f"prune.{stack}",
+                                        model.config.model_type))
     source = model.state_dict()
-    prefixes = {stack: stacks[stack][0] for stack in kept}
-    state = {key: _source_value(key, source, prefixes, kept) for key in pruned.state_dict()}
+    state.update({key: source[key] for key in pruned.state_dict() if key not in state})  # embeddings, norm, head
     pruned.load_state_dict(state, strict=True)
     pruned.generation_config = copy.deepcopy(model.generation_config)
     return pruned
+
+
+def _kept_layers_state(prefix: str, layers: torch.nn.ModuleList, new_layers: torch.nn.ModuleList, keep: list[int],
+                       where: str, model_type: str) -> dict[str, torch.Tensor]:
+    """The state of the pruned stack: its layer i is source layer keep[i]. Layers must have one
+    layout, except for tensors only the first layer has (T5's relative position bias lives in
+    block 0): the new first layer takes them from the source's first layer, and a source first
+    layer kept further down leaves them behind."""
+    source = [layer.state_dict() for layer in layers]
+    first_only = set(source[0]) - set().union(*map(set, source[1:])) if len(source) > 1 else set()
+    state = {}
+    for i, (old, new_layer) in enumerate(zip(keep, new_layers, strict=True)):
+        wanted, have = set(new_layer.state_dict()), set(source[old])
+        lacking, extra = wanted - have, have - wanted
+        if not (lacking <= (first_only if i == 0 else set()) and extra <= first_only):
+            raise ValueError(f"{where}: layer {old} of this {model_type} model does not have the layout of layer {i} "
+                             f"of the pruned one (differs in {sorted(lacking | extra)[:3]}): its layers differ by "
+                             "position (mixture-of-experts or hybrid layouts), which layer pruning does not support")
+        for name in wanted:
+            state[f"{prefix}.{i}.{name}"] = source[old][name] if name in have else source[0][name]
+    return state
 
 
 def _layer_stacks(model: PreTrainedModel) -> dict[str, tuple[str, torch.nn.ModuleList]]:
@@ -139,23 +179,10 @@ def _set_layer_count(config, stack: str, total: int, keep: list[int]) -> None:
                          f"(looked at {', '.join(LAYER_COUNT_FIELDS[stack])}); layer pruning does not know this "
                          "architecture")
     setattr(config, fields[0], len(keep))
-    layer_types = getattr(config, "layer_types", None)  # per-layer attention kinds (Qwen2, Gemma)
-    if stack == "layers" and isinstance(layer_types, list) and len(layer_types) == total:
-        config.layer_types = [layer_types[i] for i in keep]
-
-
-def _source_value(key: str, source: dict[str, torch.Tensor], prefixes: dict[str, str],
-                  kept: dict[str, list[int]]) -> torch.Tensor:
-    """The source tensor for a parameter of the pruned model: layer i of a pruned stack is source
-    layer keep[i]. A tensor that only the first layer of a stack has (T5's relative position
-    bias lives in block 0) comes from the source's first layer whatever is kept."""
-    for stack, prefix in prefixes.items():
-        match = re.match(rf"{re.escape(prefix)}\.(\d+)\.(.+)", key)
-        if match:
-            index, rest = int(match[1]), match[2]
-            candidate = f"{prefix}.{kept[stack][index]}.{rest}"
-            return source[candidate] if candidate in source else source[f"{prefix}.{index}.{rest}"]
-    return source[key]
+    if stack == "layers":  # per-layer settings (Qwen2's and Gemma's layer_types, ...) follow their layers
+        for name, value in list(vars(config).items()):
+            if isinstance(value, list) and len(value) == total and not name.startswith("_"):
+                setattr(config, name, [value[i] for i in keep])
 
 
 def layer_counts(model: PreTrainedModel) -> dict[str, int]:

@@ -106,7 +106,10 @@ def evaluate(run: EvalRun, out: str | Path) -> RunResult:
     tokenizer = resolve_tokenizer(run.tokenizer, [run.model.weights], datamodule.training_texts(), out / "tokenizer")
     datamodule.connect(tokenizer)
     datamodule.setup()
-    model = build_model(run.model, tokenizer)
+    if run.model.lora is not None:
+        raise ValueError(f"model '{run.model.name}': lora adapts a model for training; kdlight-eval scores a model "
+                         "as it is (a LoRA run's model/ has its adapters merged: evaluate that)")
+    model = build_model(run.model, tokenizer, frozen=True)
     vocab_size = shared_vocab_size(tokenizer, [ModelVocab("model", model)])
     device = torch.device(run.device)
     model.to(device)

@@ -165,6 +165,10 @@ def _check_teacher(run: Run, spec: ModelSpec | StoredTeacherSpec | None) -> None
                              "for those: use a live teacher, or a method on its outputs (seqkd, seqkd_fkl)")
         if run.teacher_kl:
             raise ValueError("teacher_kl needs a live teacher (a stored one cannot score the evaluation targets)")
+    strategy = run.trainer.get("strategy")
+    if run.student.lora is not None and "fsdp" in str(getattr(strategy, "__class__", "")).lower() + str(strategy).lower():
+        raise ValueError("student.lora with trainer=fsdp is not supported (merging adapters into sharded weights); "
+                         "use trainer=ddp: a LoRA student's gradients and optimiser state are small")
     if isinstance(spec, ModelSpec) and spec.lora is not None:
         raise ValueError(f"teacher '{spec.name}': lora adapts the model a run trains; the teacher is frozen "
                          "(to fine-tune the teacher with LoRA, run stage=teacher with teacher.lora)")
@@ -186,7 +190,7 @@ def _build_teacher(spec: ModelSpec | StoredTeacherSpec | None, run: Run,
         if run.method.divergence is not None:
             teacher.require_log_probs(f"method '{run.method.name}'")
         return teacher
-    return LiveTeacher(build_model(spec, tokenizer), run.loop.teacher_placement, run.method.teacher_dropout)
+    return LiveTeacher(build_model(spec, tokenizer, frozen=True), run.loop.teacher_placement, run.method.teacher_dropout)
 
 
 def _shared_vocab(run: Run, tokenizer: PreTrainedTokenizerBase, student: PreTrainedModel,

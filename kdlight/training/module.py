@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
+from peft import PeftModel
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -89,9 +90,10 @@ class DistillationModule(L.LightningModule):
         self.method, self.tokenizer, self.vocab_size = method, tokenizer, vocab_size
         self.optimizer_factory, self.options, self.decoding = optimizer, options, decoding
         self.source_rng = torch.Generator().manual_seed(seed)
-        # A student with frozen weights (LoRA adapters on a frozen base) checkpoints only what
-        # trains; the frozen part is rebuilt from its config, so loading is not strict.
-        self.strict_loading = not self._has_frozen_weights()
+        # A LoRA student checkpoints only its adapters; the frozen base is rebuilt from its config,
+        # so loading is not strict (on_load_checkpoint checks the keys itself).
+        self.adapters_only = isinstance(student, PeftModel)
+        self.strict_loading = not self.adapters_only
         # The entry point logs the whole resolved config; these keys must not collide with it.
         self.save_hyperparameters({"method_name": method.name, "shared_vocab_size": vocab_size})
 
@@ -126,7 +128,7 @@ class DistillationModule(L.LightningModule):
         state = {"source": self.source_rng.get_state(), "torch": torch.get_rng_state(),
                  "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
         checkpoint["kdlight_rng"] = _gather_objects(state)
-        if self._has_frozen_weights():
+        if self.adapters_only and isinstance(self.student, PeftModel):  # not once merged for evaluation
             trained = set(trainable_state_keys(self.student, "student."))
             checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
         for logger in self._loggers():
@@ -136,15 +138,14 @@ class DistillationModule(L.LightningModule):
         trainer = self._trainer  # None when a spawn strategy's parent saves after fit, or outside fit
         return trainer.loggers if trainer is not None else []
 
-    def _has_frozen_weights(self) -> bool:
-        return any(not p.requires_grad for p in self.student.parameters())
-
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if not self.strict_loading:
-            missing = set(trainable_state_keys(self.student, "student.")) - set(checkpoint["state_dict"])
-            if missing:
-                raise KeyError(f"the checkpoint has no values for {len(missing)} trained parameters of this student "
-                               f"(e.g. {min(missing)}): it was written for another model or LoRA setting")
+        if self.adapters_only:
+            trained, saved = set(trainable_state_keys(self.student, "student.")), set(checkpoint["state_dict"])
+            if trained != saved:
+                odd = min(trained ^ saved)
+                raise KeyError(f"the checkpoint's adapters do not match this LoRA student ({len(trained - saved)} "
+                               f"missing, {len(saved - trained)} unexpected, e.g. {odd}): it was written for another "
+                               "model or LoRA setting")
         for logger in self._loggers():
             if isinstance(logger, ResumableCSVLogger):
                 logger.resume_from(checkpoint["global_step"])

@@ -251,8 +251,13 @@ def teacher_fingerprint(model: PreTrainedModel) -> str:
     """Identify a teacher checkpoint cheaply: its saved weight files if it came from a folder, else a
     hash of its parameters (teachers built in memory are small; a sharded one is gathered, on every
     rank in the same order)."""
-    folder = Path(str(getattr(model, "name_or_path", "") or ""))
-    weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin")) if folder.is_dir() else []
+    source = str(getattr(model, "name_or_path", "") or "")  # a folder, a GGUF file, or "" (built in memory)
+    folder = Path(source)
+    weights = []
+    if source and folder.is_dir():
+        weights = sorted(folder.glob("*.safetensors")) + sorted(folder.glob("*.bin"))
+    elif source and folder.suffix == ".gguf" and folder.is_file():
+        weights = [folder]
     if weights:
         stats = [(w.name, w.stat().st_size, w.stat().st_mtime_ns) for w in weights]
         return f"{folder.resolve()}:" + hashlib.sha256(json.dumps(stats).encode()).hexdigest()[:16]
