@@ -217,3 +217,23 @@ def test_kid_study_end_to_end_with_few_steps(tmp_path, env):
     assert "| sqlgen EX | sqlgen TS | geoquery EX | average | Δ vs sft |" in report
     assert "| kid | sft | geoquery | EX | llama-xs | llama-m | 1 | 12 |" in report
     assert "val/kl_from_teacher" in (out / "diagnostics" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_kid_study_on_pretrained_smollm2_end_to_end_with_few_steps(tmp_path, env):
+    """The GGUF teacher fine-tuned, a pruned warm start from the same file, two methods from it."""
+    from tests.test_pretrained import needs_smollm2
+
+    if needs_smollm2.args[0]:
+        pytest.skip(needs_smollm2.kwargs["reason"])
+    out = tmp_path / "pretrained"
+    done = study(["study=kid_text2sql_pretrained", "study.steps={teacher: 1, warm_start: 2, methods: 2}",
+                  "study.limit_eval=16", "study.limit_train=16", "study.axes.method=[sft,kid]", "study.axes.seed=[0]",
+                  f"hydra.sweep.dir={out}"], env, timeout=3000)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = {r["method"]: r for r in csv.DictReader(open(out / "report" / "report.csv"))}
+    assert set(rows) == {"teacher", "warm start", "sft", "kid"}
+    assert (rows["teacher"]["student"], rows["kid"]["student"], rows["kid"]["teacher"]) == (
+        "smollm2-135m", "smollm2-6l", "smollm2-135m")
+    warm = json.loads((out / "warm_start" / "model" / "config.json").read_text())
+    assert warm["num_hidden_layers"] == 6 and int(rows["warm start"]["params"]) < int(rows["teacher"]["params"]) / 2
