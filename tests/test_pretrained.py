@@ -105,8 +105,6 @@ def test_greedy_decoding_equals_hugging_face_generate_on_the_real_model(smollm2)
         prompt = batch.prompt_ids[i][batch.prompt_mask[i].bool()].tolist()
         expected = hf_alone(model, prompt, tokenizer, max_new_tokens=12, do_sample=False, num_beams=1)
         assert [ours[i]] == expected, PROMPTS[i]
-    # A pretrained model continues SQL with SQL, not noise.
-    assert tokenizer.decode(ours[0]).strip()[:1].isalnum()
 
 
 @needs_smollm2

@@ -30,11 +30,6 @@ def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, cap
     broken = sweep(tmp_path, "broken", ["method=fkd", "optimizer.lr=-1"], fails=True)
     killed = main_sweep / "9_killed"  # a job that started (config written) and never finished
     shutil.copytree(next(main_sweep.glob("0_*/.hydra")), killed / ".hydra")
-    # Step times set to known values (measured ones are noise): the report's ratio is arithmetic on them.
-    given = {("sft", 0): 0.1, ("sft", 1): 0.3, ("rkd", 0): 0.4, ("rkd", 1): 0.8}
-    for path in main_sweep.glob("*/metrics.json"):
-        run = json.loads(path.read_text())
-        path.write_text(json.dumps({**run, "step_time_s": given[(run["method"], run["seed"])]}))
 
     report([str(main_sweep), str(broken), "--metrics", "eval/ex,val/ce", "--out", str(tmp_path / "out"),
             "--paired", "rkd:sft"])
@@ -55,9 +50,6 @@ def test_report_aggregates_seeds_and_lists_failed_and_missing_jobs(tmp_path, cap
         assert ce[0] != ce[1]  # the seeds really differ, so mean and spread are informative
         assert float(rows[method]["sqlgen val/ce mean"]) == pytest.approx(statistics.fmean(ce))
         assert float(rows[method]["sqlgen val/ce std"]) == pytest.approx(statistics.stdev(ce))
-    # Each rkd run's step time over the mean of sft's (0.2), averaged: (0.4 / 0.2 + 0.8 / 0.2) / 2.
-    assert float(rows["rkd"]["relative_step"]) == pytest.approx(3.0)
-    assert float(rows["rkd"]["step_time_s"]) == pytest.approx(0.6)
     # The average is over score columns only (EX here), not over the held-out loss.
     assert float(rows["rkd"]["average"]) == pytest.approx(float(rows["rkd"]["sqlgen EX mean"]))
     assert float(rows["rkd"]["delta"]) == pytest.approx(float(rows["rkd"]["average"]) - float(rows["sft"]["average"]))

@@ -15,7 +15,6 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.test_faults import step_timer_state
 
 SETTINGS = ["data.limit_train=64", "data.batch_size=8", "data.limit_eval=8",
             "trainer.max_steps=40", "trainer.val_check_interval=18", "checkpoint_every_n_steps=5",
@@ -59,14 +58,12 @@ def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, meth
     saved = torch.load(last, weights_only=False, map_location="cpu")["state_dict"]
     assert saved and all("lora_" in k for k in saved) == bool(extra)  # LoRA: the adapters, and only them
     assert not (folder / "metrics.json").exists()
-    before = step_timer_state(last)
 
     again = subprocess.run(command(folder, method, extra), capture_output=True, text=True, env=env, timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
     a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
     b = json.loads((folder / "metrics.json").read_text())
     assert b["steps"] == a["steps"] == 40 and b["timed_steps"] == 40  # the first attempt's step times kept
-    assert b["fit_time_s"] >= before["fit_s"]  # and its training time
     timing = ("step_time_s", "fit_time_s", "train/generation_s")
     assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
     # The CSV log of the resumed run holds the rows from before the kill: the same as uninterrupted.
