@@ -27,24 +27,14 @@ from kdlight.data.tokenizer import has_tokenizer, load_tokenizer, resolve_tokeni
 from kdlight.io import read_json, write_json
 from kdlight.models.build import ModelSpec, build_model, count_parameters, save_model
 from kdlight.models.lora import add_lora, merged
-from kdlight.models.vocab import (
-    ModelVocab,
-    VocabularyMismatch,
-    add_mask_token,
-    shared_vocab_size,
-)
+from kdlight.models.vocab import ModelVocab, VocabularyMismatch, add_mask_token, shared_vocab_size
 from kdlight.run.evaluate import score_eval_sets
 from kdlight.run.spec import Run, RunResult
 from kdlight.targets.store import TargetStore
 from kdlight.training.callbacks import StepTimer
 from kdlight.training.checkpoint_io import AtomicCheckpointIO
 from kdlight.training.module import DistillationModule
-from kdlight.training.teacher import (
-    LiveTeacher,
-    StoredTeacher,
-    StoredTeacherSpec,
-    Teacher,
-)
+from kdlight.training.teacher import LiveTeacher, StoredTeacher, StoredTeacherSpec, Teacher
 
 log = logging.getLogger(__name__)
 
