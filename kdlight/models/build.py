@@ -18,23 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import (
-    CONFIG_MAPPING,
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    GgufConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import (CONFIG_MAPPING, AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, GgufConfig,
+                          PreTrainedModel, PreTrainedTokenizerBase)
 
 from kdlight.models.lora import LoraSpec
-from kdlight.models.pruning import (
-    LayerPruning,
-    layer_counts,
-    parse_pruning,
-    prune_layers,
-)
+from kdlight.models.pruning import LayerPruning, layer_counts, parse_pruning, prune_layers
 
 log = logging.getLogger(__name__)
 
