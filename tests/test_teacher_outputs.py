@@ -104,15 +104,19 @@ def test_second_run_reads_the_cache_and_a_changed_decoding_setting_regenerates(t
 def test_key_covers_teacher_prompts_decoding_and_top_k(tokenizer, datamodule):
     teacher = LiveTeacher(tiny_model(tokenizer, seed=1))
     ctx = prepare_context(datamodule, teacher, tokenizer)
-    key = teacher.cache_key(ctx, greedy(), 0, seed=0)
-    assert teacher.cache_key(ctx, greedy(), 0, seed=5) == key  # the seed matters only when sampling
-    assert teacher.cache_key(ctx, Decoding("beam", num_beams=4, max_new_tokens=8), 0, 0) != key
-    assert teacher.cache_key(ctx, Decoding("sample", max_new_tokens=8), 0, 0) != key
-    assert teacher.cache_key(ctx, greedy(), 16, 0) != key
+    key = teacher.cache_key(ctx, greedy(), 0, seed=0, batch_size=5)
+    # The seed and the batching (one seed per chunk) matter only when sampling.
+    assert teacher.cache_key(ctx, greedy(), 0, seed=5, batch_size=7) == key
+    assert teacher.cache_key(ctx, Decoding("beam", num_beams=4, max_new_tokens=8), 0, 0, 5) != key
+    sampled = teacher.cache_key(ctx, Decoding("sample", max_new_tokens=8), 0, 0, 5)
+    assert sampled != key
+    assert teacher.cache_key(ctx, Decoding("sample", max_new_tokens=8), 0, 1, 5) != sampled
+    assert teacher.cache_key(ctx, Decoding("sample", max_new_tokens=8), 0, 0, 7) != sampled
+    assert teacher.cache_key(ctx, greedy(), 16, 0, 5) != key
     other = LiveTeacher(tiny_model(tokenizer, seed=2))
-    assert other.cache_key(ctx, greedy(), 0, 0) != key
+    assert other.cache_key(ctx, greedy(), 0, 0, 5) != key
     fewer = PrepareContext(ctx.prompts[:-1], teacher, tokenizer, len(tokenizer))
-    assert teacher.cache_key(fewer, greedy(), 0, 0) != key
+    assert teacher.cache_key(fewer, greedy(), 0, 0, 5) != key
 
 
 def test_a_saved_teacher_is_keyed_by_its_checkpoint_files(tokenizer, tmp_path):

@@ -6,8 +6,8 @@ What it does for every task family alike:
   cannot be scored fails here, not after training);
 - tokenises prompts (BOS first; an over-long prompt loses its start, which keeps the question at
   the end) and targets (EOS last; cut to the maximum), counting and logging every cut;
-- serves the training loader (labeled examples, then unlabeled inputs when the method can use
-  them) in a seeded per-epoch order, sharded by rank and resumable mid-epoch
+- serves the training loader (labeled examples; with `gold_pairs_and_inputs` each labeled example's
+  input once more without its target; then unlabeled inputs when the method can use them) in a seeded per-epoch order, sharded by rank and resumable mid-epoch
   (`kdlight.data.sampler`), and one evaluation loader per evaluation set;
 - gives sources that precompute targets every training prompt (`train_prompts`).
 
@@ -125,13 +125,17 @@ class TaskDataModule(L.LightningDataModule):
         use_unlabeled: train on the task's unlabeled inputs too (for methods whose sequences do
             not need a gold target).
         use_train: load the training split (False: evaluation only).
+        gold_pairs_and_inputs: list every labeled example twice: as its gold pair, and as an input
+            without target, for a source that writes one (pseudo-target training).
     """
 
     def __init__(self, spec: DataSpec, name: str = "data", benchmarks: Mapping[str, Task] | None = None,
-                 seed: int = 0, use_unlabeled: bool = False, use_train: bool = True):
+                 seed: int = 0, use_unlabeled: bool = False, use_train: bool = True,
+                 gold_pairs_and_inputs: bool = False):
         super().__init__()
         self.spec, self.name, self.seed = spec, name, seed
         self.use_unlabeled, self.use_train = use_unlabeled, use_train
+        self.gold_pairs_and_inputs = gold_pairs_and_inputs
         self.benchmarks = dict(benchmarks or {})
         if clashes := [b for b in self.benchmarks if b in ("eval", name)]:
             raise ValueError(f"benchmark names {clashes} clash with the run's own evaluation split ('eval', '{name}'): "
@@ -164,9 +168,10 @@ class TaskDataModule(L.LightningDataModule):
                 self.unlabeled_examples = spec.task.load("unlabeled")[: spec.limit_unlabeled]
         self.eval_sets = [self._eval_set(self.name, "eval", spec.task)]
         self.eval_sets += [self._eval_set(name, name, task) for name, task in self.benchmarks.items()]
-        if self.unlabeled_examples:
-            log.info(f"{self.name}: training on {len(self.train_examples)} labeled examples and "
-                     f"{len(self.unlabeled_examples)} unlabeled inputs")
+        if self.unlabeled_examples or self.gold_pairs_and_inputs:
+            log.info(f"{self.name}: training on {len(self.train_examples)} labeled examples"
+                     + (" (each also as an input)" if self.gold_pairs_and_inputs else "")
+                     + f" and {len(self.unlabeled_examples)} unlabeled inputs")
         self._loaded = True
 
     def _eval_set(self, name: str, prefix: str, task: Task) -> EvalSet:
@@ -184,7 +189,7 @@ class TaskDataModule(L.LightningDataModule):
     def training_texts(self) -> Iterator[str]:
         """Text a tokenizer is trained on: every training prompt and target."""
         self.load()
-        for example in self.train_examples + self.unlabeled_examples:
+        for example in self.train_examples + self.unlabeled_examples:  # each text once
             yield example.prompt
             if example.target is not None:
                 yield example.target
@@ -199,7 +204,7 @@ class TaskDataModule(L.LightningDataModule):
         if self.tokenizer is None:
             raise RuntimeError("TaskDataModule.connect(tokenizer) must be called before setup()")
         self.load()
-        self._train = self._encode("train", self.train_examples + self.unlabeled_examples)
+        self._train = self._encode("train", self.training_items())
         for eval_set in self.eval_sets:
             eval_set.encoded = self._encode(eval_set.name, eval_set.examples)
         self._encoded = True
@@ -223,10 +228,17 @@ class TaskDataModule(L.LightningDataModule):
                  None if t is None else target_ids(t, spec.max_target_tokens, tok.eos_token_id), i)
                 for i, (p, t) in enumerate(zip(prompts, targets))]
 
+    def training_items(self) -> list[Example]:
+        """The training items, in the order batches index them: labeled examples, their inputs again
+        without targets (`gold_pairs_and_inputs`), unlabeled inputs."""
+        inputs = [Example(e.id, e.prompt, None, e.group, e.meta) for e in self.train_examples] \
+            if self.gold_pairs_and_inputs else []
+        return self.train_examples + inputs + self.unlabeled_examples
+
     def train_prompts(self) -> list[PromptItem]:
         """Every training prompt (labeled and unlabeled), as the training batches index them."""
         self.setup()
-        examples = self.train_examples + self.unlabeled_examples
+        examples = self.training_items()
         return [PromptItem(i, e.id, e.prompt, p, t is not None) for (p, t, i), e in zip(self._train, examples)]
 
     # --- loaders ---------------------------------------------------------------------------------

@@ -119,9 +119,17 @@ class SequenceSource(ABC):
         return False
 
     @property
+    def keeps_gold_pairs(self) -> bool:
+        """The source's targets come on top of the gold pairs: every labeled example is trained on
+        once with its gold target, kept as it is, and once more as an input whose target the
+        source writes (KD4Gen's pseudo-target training: gold pairs + one PT per input)."""
+        return False
+
+    @property
     def only_teacher_outputs(self) -> bool:
-        """Every sequence it returns is one of the teacher's own outputs (so a teacher known only
-        by stored outputs and their log-probabilities can score them)."""
+        """Every sequence it writes is one of the teacher's own outputs (so a teacher known only
+        by stored outputs and their log-probabilities can score them); gold pairs it keeps
+        (`keeps_gold_pairs`) are not its sequences."""
         return False
 
     def prepare(self, ctx: PrepareContext) -> None:
@@ -169,3 +177,8 @@ class Method:
     def uses_unlabeled(self) -> bool:
         """Unlabeled inputs can carry a loss: the source writes their targets."""
         return self.source.covers_unlabeled
+
+    @property
+    def keeps_gold_pairs(self) -> bool:
+        """Labeled examples are trained on twice per epoch: as gold pairs and as inputs."""
+        return self.source.keeps_gold_pairs

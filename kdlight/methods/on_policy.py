@@ -6,6 +6,10 @@
   probability ½ each (`per: example`, λ = 0.5); loss forward KL.
 - f-distill (Wen et al., ACL 2023, as compared in KID): per request, the teacher's (cached) output
   or a student sample with probability ½ each (`otherwise: TeacherOutputs`); loss TVD.
+- Joint-Teaching (Calderon et al., ACL 2023): on a fixed share λ of the steps (`per: step`, every
+  second step for λ = ½, deterministic as in the authors' code) the student's own samples (top-p
+  0.95, T 1) replace the batch's targets, otherwise the teacher's pseudo-targets
+  (`otherwise: PseudoTargets`); loss forward KL on both. λ = 1 is "student PTs only".
 
 Samples are drawn from the student's full distribution (`top_k: 0`, `top_p: 1`, T = 1 by default)
 with the batched, KV-cached decoder in eval mode and without gradient; the time it takes is
@@ -24,14 +28,19 @@ from kdlight.data.batch import Batch, pad_targets
 from kdlight.methods.base import PrepareContext, SequenceSource, StepContext, evaluating
 from kdlight.models.decoding import Decoding, generate
 
+PER = ("batch", "example", "step")
+
 
 @dataclass
 class StudentSamples(SequenceSource):
     """Replace gold targets with the student's samples.
 
     Attributes:
-        lam: probability of replacing (the batch's targets, or each example's).
-        per: `batch` (GKD) or `example` (ImitKD).
+        lam: probability of replacing (the batch's targets, or each example's); with `per: step`, the
+            share of steps whose targets are replaced.
+        per: `batch` (GKD: a random draw per batch), `example` (ImitKD: per example) or `step`
+            (Joint-Teaching: no draw; step t uses samples when floor((t+1)·λ) > floor(t·λ), so
+            exactly floor(n·λ) of the first n steps do, evenly spread).
         decoding: how the student samples (one sequence per prompt).
         otherwise: the source of the targets that are not replaced (None: gold), e.g. the
             teacher's outputs for f-distill.
@@ -43,8 +52,8 @@ class StudentSamples(SequenceSource):
     otherwise: SequenceSource | None = None
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.lam <= 1.0 or self.per not in ("batch", "example"):
-            raise ValueError(f"student samples: lam in [0, 1] and per in (batch, example); got {self.lam}, {self.per}")
+        if not 0.0 <= self.lam <= 1.0 or self.per not in PER:
+            raise ValueError(f"student samples: lam in [0, 1] and per in {PER}; got {self.lam}, {self.per}")
         if self.decoding.num_return_sequences != 1:
             raise ValueError("student samples: one sample per prompt (decoding.num_return_sequences=1)")
 
@@ -57,6 +66,11 @@ class StudentSamples(SequenceSource):
         return self.otherwise is not None and self.otherwise.needs_preparation
 
     @property
+    def keeps_gold_pairs(self) -> bool:
+        """Trained on the same items as `otherwise` (e.g. pseudo-targets' gold pairs + inputs)."""
+        return self.otherwise is not None and self.otherwise.keeps_gold_pairs
+
+    @property
     def covers_unlabeled(self) -> bool:
         """With λ = 1 every target is a sample; otherwise the rows left to `otherwise` need it to
         cover them (gold does not)."""
@@ -67,9 +81,16 @@ class StudentSamples(SequenceSource):
         if self.needs_preparation:
             self.otherwise.prepare(ctx)
 
+    def samples_at(self, step: int) -> bool:
+        """`per: step`: whether step `step` (from 0) trains on student samples."""
+        return int((step + 1) * self.lam) > int(step * self.lam)
+
     def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
-        draws = torch.rand(1 if self.per == "batch" else gold.size, generator=ctx.generator) < self.lam
-        use = draws.expand(gold.size) if self.per == "batch" else draws
+        if self.per == "step":
+            use = torch.full((gold.size,), self.samples_at(ctx.step))
+        else:
+            draws = torch.rand(1 if self.per == "batch" else gold.size, generator=ctx.generator) < self.lam
+            use = draws.expand(gold.size) if self.per == "batch" else draws
         base = gold if self.otherwise is None else self.otherwise.sequences(gold, ctx)
         if not use.any():
             return base

@@ -1,7 +1,10 @@
-"""The teacher's own outputs as targets (SeqKD; half of f-distill's mixture).
+"""The teacher's own outputs as targets (SeqKD; half of f-distill's mixture; pseudo-targets).
 
 SeqKD (Kim & Rush, EMNLP 2016) trains the student on the teacher's decoded outputs instead of the
-gold targets. Decoding the whole training set costs as much as several epochs of training, and
+gold targets. Pseudo-target training (Calderon et al., ACL 2023, "A Systematic Study of Knowledge
+Distillation for Natural Language Generation with Pseudo-Target Training") keeps the gold pairs
+and adds K teacher outputs (pseudo-targets, PTs) per input, labeled and unlabeled: epoch e trains
+on every gold pair and on the (e mod K)-th PT of every input, so each epoch sees other PTs. Decoding the whole training set costs as much as several epochs of training, and
 every student of a sweep that shares the teacher needs the same outputs, so the teacher produces
 them once, before the first step: a live teacher decodes them and caches them on disk (keyed by
 its checkpoint, the prompts and the decoding settings; `kdlight.training.teacher.LiveTeacher`), a
@@ -20,7 +23,8 @@ from kdlight.targets.store import StoredSequence
 
 @dataclass
 class TeacherOutputs(SequenceSource):
-    """Replace each gold target with the teacher's output for the same prompt.
+    """Replace each gold target with the teacher's output for the same prompt: with K outputs per
+    prompt (`decoding.num_return_sequences`), epoch e uses the (e mod K)-th.
 
     Attributes:
         cache_dir: where a live teacher's outputs are kept (`<cache_dir>/teacher_outputs/`);
@@ -62,11 +66,39 @@ class TeacherOutputs(SequenceSource):
                                            self.seed)
 
     def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
-        ids, mask = pad_targets(self.lookup(gold.index.tolist()), ctx.tokenizer.pad_token_id)
+        ids, mask = pad_targets(self.lookup(gold.index.tolist(), ctx.epoch), ctx.tokenizer.pad_token_id)
         return gold.with_targets(ids.to(gold.target_ids.device), mask.to(gold.target_mask.device))
 
-    def lookup(self, indices: list[int]) -> list[list[int]]:
-        """The first output of each training item (the best beam, or the first sample)."""
+    def lookup(self, indices: list[int], epoch: int = 0) -> list[list[int]]:
+        """Each training item's output for `epoch`: its (epoch mod K)-th of K (with one output per
+        prompt, always that one: the best beam, or the sample)."""
         if self.outputs is None:
-            raise RuntimeError("TeacherOutputs.prepare(...) must run before training (the loop does it at fit start)")
-        return [self.outputs[i][0].ids for i in indices]
+            raise RuntimeError(f"{type(self).__name__}.prepare(...) must run before training (the loop does it at "
+                               "fit start)")
+        chosen = [self.outputs[i] for i in indices]
+        return [outputs[epoch % len(outputs)].ids for outputs in chosen]
+
+
+@dataclass
+class PseudoTargets(TeacherOutputs):
+    """Gold pairs as they are, plus the teacher's pseudo-targets for every input (KD4Gen).
+
+    The data module lists each labeled example twice (its gold pair, and its input without target)
+    and every unlabeled input once; this source keeps gold rows and gives each input row its
+    (epoch mod K)-th PT. Decodings of the paper: `sampling` (top-p 0.95, T 1.0, the default and
+    the paper's winner), `sampling_high` (T 1.5), `beam` (the K best beams); see conf/method/pt.yaml.
+    """
+
+    @property
+    def keeps_gold_pairs(self) -> bool:
+        return True
+
+    def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
+        inputs = (~gold.labeled).nonzero().flatten().tolist()
+        if not inputs:
+            return gold
+        targets = gold.targets()
+        for row, pt in zip(inputs, self.lookup(gold.index[inputs].tolist(), ctx.epoch)):
+            targets[row] = pt
+        ids, mask = pad_targets(targets, ctx.tokenizer.pad_token_id)
+        return gold.with_targets(ids.to(gold.target_ids.device), mask.to(gold.target_mask.device))

@@ -52,11 +52,17 @@ def train(run: Run, out: str | Path) -> RunResult:
     teacher_spec = run.teacher if (run.method.needs_teacher or run.teacher_kl) else None
     _check_teacher(run, teacher_spec)
     datamodule = TaskDataModule(run.data, run.data_name, run.benchmarks, seed=run.seed,
-                                use_unlabeled=run.method.uses_unlabeled)
+                                use_unlabeled=run.method.uses_unlabeled,
+                                gold_pairs_and_inputs=run.method.keeps_gold_pairs)
     datamodule.load()  # every split and benchmark now, so a missing copy fails before training
     if not datamodule.train_examples and not datamodule.unlabeled_examples:
         raise ValueError(f"data '{run.data_name}': nothing to train on: no training examples "
                          f"(data.limit_train={run.data.limit_train}) [{run.data.task.describe()}]")
+    if isinstance(teacher_spec, StoredTeacherSpec) and run.method.divergence is not None and \
+            run.method.keeps_gold_pairs and datamodule.train_examples:
+        raise ValueError(f"method '{run.method.name}' also distils on the gold pairs ({len(datamodule.train_examples)} "
+                         f"labeled examples), which the stored teacher ({teacher_spec.path}) cannot score: use a live "
+                         "teacher, or the no-label setting (data.task.labeled=0: its outputs are the only targets)")
     model_paths = [s.weights for s in (run.student, teacher_spec) if isinstance(s, ModelSpec)]
     tokenizer = resolve_tokenizer(run.tokenizer, model_paths, datamodule.training_texts(), out / "tokenizer")
     datamodule.connect(tokenizer)

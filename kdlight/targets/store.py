@@ -19,7 +19,9 @@ tokenizer. Inputs are matched by prompt text, else by example id.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,3 +146,71 @@ def _sequence(output: object, path: Path, line: int, encode: Callable[[str], lis
     if (top_ids is None) != (top_logprobs is None) or (top_ids is not None and len(top_ids) != len(output["ids"])):
         raise ValueError(f"{path}: line {line}: 'top_ids' and 'top_logprobs' go together, one row per token")
     return StoredSequence(output["ids"], top_ids, top_logprobs)
+
+
+class GenerationJournal:
+    """Chunks of outputs appended to a file as they are generated, so an interrupted generation
+    resumes where it stopped: a re-run with the same key skips the chunks already written (no
+    duplicates, no gaps) and regenerates only a chunk whose line a kill cut short.
+
+    File: a header line `{"journal": key}`, then one line per finished chunk
+    `{"chunk": start, "prompts": [...], "outputs": [[record, ...], ...]}`, flushed to disk before the
+    next chunk starts. A file with another key (other teacher, prompts or decoding) is started over.
+    """
+
+    def __init__(self, path: Path | None, key: dict):
+        self.path, self.key = path, key
+        self.chunks: dict[int, dict[str, list[StoredSequence]]] = {}
+        if path is not None and path.exists():
+            self._read()
+        if path is not None and not self.chunks:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"journal": key}) + "\n")
+
+    def _read(self) -> None:
+        lines = self.path.read_text().split("\n")
+        try:
+            if json.loads(lines[0]).get("journal") != self.key:
+                return
+        except (json.JSONDecodeError, AttributeError):
+            return
+        for number, line in enumerate(lines[1:], start=2):
+            if not line.strip():
+                continue
+            try:
+                chunk = json.loads(line)
+            except json.JSONDecodeError:
+                if any(rest.strip() for rest in lines[number:]):  # only the last line may be cut short by a kill
+                    log.warning(f"{self.path}: line {number} is damaged; generating its chunk and those after again")
+                self._rewrite()
+                return
+            self.chunks[chunk["chunk"]] = {prompt: [_sequence(o, self.path, number, None) for o in outputs]
+                                           for prompt, outputs in zip(chunk["prompts"], chunk["outputs"])}
+
+    def _rewrite(self) -> None:
+        """Keep the chunks read so far, drop the damaged rest (appending after a cut line would
+        join two records on one line)."""
+        lines = [{"journal": self.key}] + [self._record(start, outputs) for start, outputs in self.chunks.items()]
+        write_jsonl(self.path, lines)
+
+    @staticmethod
+    def _record(start: int, outputs: dict[str, list[StoredSequence]]) -> dict:
+        return {"chunk": start, "prompts": list(outputs),
+                "outputs": [[s.as_record() for s in sequences] for sequences in outputs.values()]}
+
+    def append(self, start: int, outputs: dict[str, list[StoredSequence]]) -> None:
+        self.chunks[start] = outputs
+        if self.path is None:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(self._record(start, outputs)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def outputs(self) -> dict[str, list[StoredSequence]]:
+        """Every output written so far, by prompt text."""
+        return {prompt: sequences for chunk in self.chunks.values() for prompt, sequences in chunk.items()}
+
+    def remove(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)

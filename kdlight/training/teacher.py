@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import ClassVar
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from kdlight.data.batch import Batch, collate
@@ -36,7 +37,7 @@ from kdlight.losses.sparse import SparseTargets
 from kdlight.methods.base import PrepareContext
 from kdlight.models.decoding import Decoding, generate
 from kdlight.models.lm import target_logits
-from kdlight.targets.store import StoredSequence, TargetStore
+from kdlight.targets.store import GenerationJournal, StoredSequence, TargetStore
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,10 @@ class LiveTeacher(Teacher):
     def __init__(self, model: PreTrainedModel, placement: str = "replicate", dropout: bool = False):
         if placement not in PLACEMENTS:
             raise ValueError(f"teacher placement must be one of {PLACEMENTS}, got '{placement}'")
+        if dropout and not dropout_rates(model):
+            raise ValueError(f"noisy KD runs the teacher with dropout on, but this teacher ({type(model).__name__}) has "
+                             "none, so it would be plain KD: give it some, e.g. teacher.config.dropout_rate=0.1 (T5), "
+                             "teacher.config.attention_dropout=0.1 (Llama, Qwen2), teacher.config.resid_pdrop=0.1 (GPT-2)")
         model.requires_grad_(False)
         model.eval()
         self.model, self.placement, self.dropout, self.sharded = model, placement, dropout, False
@@ -103,68 +108,89 @@ class LiveTeacher(Teacher):
 
     def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
                 cache_dir: str | None = None, seed: int = 0) -> Outputs:
-        """Read the outputs from the cache, or generate them (each rank its share; rank 0 writes
-        the union) and cache them. The cache key covers the teacher checkpoint, every prompt's
-        token ids, the decoding settings and `top_k`, so a change to any of them decodes again."""
-        key = self.cache_key(ctx, decoding, top_k, seed)
+        """Read the outputs from the cache, or generate them (each distinct prompt once; each rank its
+        share; rank 0 writes the union) and cache them. The cache key covers the teacher
+        checkpoint, every prompt's token ids, the decoding settings and `top_k`, so a change to any
+        of them decodes again. Generation is journaled chunk by chunk next to the cache, so an
+        interrupted run resumes where it stopped (with the same outputs: each chunk has its own seed)."""
+        key = self.cache_key(ctx, decoding, top_k, seed, batch_size)
         path = Path(cache_dir) / "teacher_outputs" / f"{_digest(key)}.jsonl" if cache_dir else None
         store = _read_cache(path, key)
         if store is None:
             started = time.perf_counter()
-            produced: Outputs = {}
-            for part in ctx.gather(self._generate(self._share(ctx), ctx, decoding, top_k, batch_size, seed)):
+            distinct = list({item.text: item for item in reversed(ctx.prompts)}.values())[::-1]  # first of each text
+            # A sharded teacher's ranks must decode in step: no journal (ranks could resume unequally).
+            journal = GenerationJournal(path.with_name(f"{path.stem}.rank{ctx.rank}.partial") if path and not
+                                        self.sharded else None, key)
+            mine = self._generate(self._share(distinct, ctx), ctx, decoding, top_k, batch_size, seed, journal)
+            produced: dict[str, list[StoredSequence]] = {}
+            for part in ctx.gather(mine):
                 produced.update(part)
             store = TargetStore(key=key, top_k=top_k, vocab_size=ctx.vocab_size)
             for item in ctx.prompts:
-                store.add(item.text, item.id, produced[item.index])
+                store.add(item.text, item.id, produced[item.text])
             if path is not None and ctx.rank == 0:
                 store.save(path)
-            log.info(f"teacher outputs: {len(ctx.prompts)} prompts decoded ({decoding.strategy}) in "
-                     f"{time.perf_counter() - started:.1f}s" + (f", cached at {path}" if path else ""))
+            ctx.gather(None)  # every rank's journal is in the store before any is removed
+            journal.remove()
+            log.info(f"teacher outputs: {len(distinct)} prompts decoded ({decoding.strategy}, "
+                     f"{decoding.num_return_sequences} per prompt) in {time.perf_counter() - started:.1f}s"
+                     + (f", cached at {path}" if path else ""))
         else:
             log.info(f"teacher outputs: {len(store)} read from {path}")
         return {item.index: store.lookup(item.text, item.id) for item in ctx.prompts}
 
-    def cache_key(self, ctx: PrepareContext, decoding: Decoding, top_k: int, seed: int) -> dict:
-        prompts = hashlib.sha256(json.dumps([(p.index, p.ids) for p in ctx.prompts]).encode()).hexdigest()
-        return {"teacher": teacher_fingerprint(self.model), "prompts": prompts, "n_prompts": len(ctx.prompts),
+    def cache_key(self, ctx: PrepareContext, decoding: Decoding, top_k: int, seed: int, batch_size: int) -> dict:
+        """Sampled outputs depend on the seed and on how prompts are batched (one seed per chunk)."""
+        prompts = sorted({(p.text, tuple(p.ids)) for p in ctx.prompts})
+        digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
+        sampled = decoding.strategy == "sample"
+        return {"teacher": teacher_fingerprint(self.model), "prompts": digest, "n_prompts": len(prompts),
                 "vocab_size": ctx.vocab_size, "decoding": decoding.key(), "top_k": top_k,
-                "seed": seed if decoding.strategy == "sample" else None}
+                "seed": seed if sampled else None, "batch_size": batch_size if sampled else None}
 
-    def _share(self, ctx: PrepareContext) -> list[PromptItem]:
+    def _share(self, prompts: list[PromptItem], ctx: PrepareContext) -> list[PromptItem]:
         """This rank's prompts; equally many on every rank when the teacher is sharded (a rank
         with one fewer repeats its last prompt, whose output is then simply produced twice)."""
-        mine = ctx.prompts[ctx.rank::ctx.world_size]
+        mine = prompts[ctx.rank::ctx.world_size]
         if self.sharded and mine:
-            mine += mine[-1:] * (-(-len(ctx.prompts) // ctx.world_size) - len(mine))
+            mine += mine[-1:] * (-(-len(prompts) // ctx.world_size) - len(mine))
         return mine
 
     def _generate(self, items: list[PromptItem], ctx: PrepareContext, decoding: Decoding, top_k: int,
-                  batch_size: int, seed: int) -> Outputs:
-        tokenizer, produced = ctx.tokenizer, {}
+                  batch_size: int, seed: int, journal: GenerationJournal) -> dict[str, list[StoredSequence]]:
+        """Outputs by prompt text, chunk by chunk; chunks already in `journal` are skipped."""
+        tokenizer = ctx.tokenizer
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         device = next(self.model.parameters()).device
         self.model.eval()
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(seed)
-            for start in range(0, len(items), batch_size):
+        starts = range(0, len(items), batch_size)
+        todo = [start for start in starts if start not in journal.chunks]
+        if len(todo) < len(starts):
+            log.info(f"teacher outputs: resuming, {len(starts) - len(todo)} of {len(starts)} chunks already generated")
+        bar = tqdm(total=len(starts), initial=len(starts) - len(todo), desc="teacher outputs", unit="batch",
+                   disable=ctx.rank != 0 or not todo)
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), bar:
+            for start in todo:
+                torch.manual_seed(seed * 1_000_003 + ctx.rank * 10_007 + start)  # a chunk's draws, wherever it resumes
                 chunk = items[start:start + batch_size]
-                indices = [p.index for p in chunk]
-                prompts = collate([p.ids for p in chunk], [[eos]] * len(chunk), indices, pad).to(device)
+                prompts = collate([p.ids for p in chunk], [[eos]] * len(chunk), list(range(len(chunk))), pad).to(device)
                 flat = generate(self.model, prompts, decoding, eos, pad, ctx.vocab_size, synced=self.sharded)
                 n = decoding.num_return_sequences
-                for row, item in enumerate(chunk):
-                    produced[item.index] = [StoredSequence(ids or [eos]) for ids in flat[row * n:(row + 1) * n]]
+                produced = {item.text: [StoredSequence(ids or [eos]) for ids in flat[row * n:(row + 1) * n]]
+                            for row, item in enumerate(chunk)}
                 if top_k:
                     self._add_top_k(chunk, produced, prompts, top_k, ctx.vocab_size, pad)
-        self.generated += len(items)
-        return produced
+                journal.append(start, produced)
+                self.generated += len(chunk)
+                bar.update()
+        return journal.outputs()
 
     @torch.no_grad()
-    def _add_top_k(self, chunk: list[PromptItem], produced: Outputs, prompts: Batch, top_k: int, vocab_size: int,
+    def _add_top_k(self, chunk: list[PromptItem], produced: dict[str, list[StoredSequence]], prompts: Batch, top_k: int, vocab_size: int,
                    pad: int) -> None:
         """The teacher's top-k log-probabilities at every position of its own outputs."""
-        rows = [(row, sequence) for row, item in enumerate(chunk) for sequence in produced[item.index]]
+        rows = [(row, sequence) for row, item in enumerate(chunk) for sequence in produced[item.text]]
         batch = collate([prompts.prompt_ids[r][prompts.prompt_mask[r].bool()].tolist() for r, _ in rows],
                         [s.ids for _, s in rows], list(range(len(rows))), pad).to(prompts.prompt_ids.device)
         log_probs = torch.log_softmax(target_logits(self.model, batch, vocab_size).float(), -1)
@@ -245,6 +271,17 @@ class StoredTeacherSpec:
 
     name: str
     path: str
+
+
+def dropout_rates(model: PreTrainedModel) -> dict[str, float]:
+    """The model's non-zero dropout rates: its dropout modules', and its config's (attention
+    dropout is often applied functionally, with no module)."""
+    rates = {name: module.p for name, module in model.named_modules() if isinstance(module, torch.nn.Dropout)
+             and module.p > 0}
+    for name, value in model.config.to_dict().items():
+        if "dropout" in name and isinstance(value, float) and value > 0:
+            rates[f"config.{name}"] = value
+    return rates
 
 
 def teacher_fingerprint(model: PreTrainedModel) -> str:
