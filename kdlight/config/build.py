@@ -44,6 +44,7 @@ def build_run(cfg: DictConfig) -> Run:
         seed=cfg.seed,
         threads=cfg.threads,
         checkpoint_every_n_steps=cfg.checkpoint_every_n_steps,
+        select_by=cfg.select_by,
         teacher_kl=cfg.teacher_kl and cfg.stage == "student",
         skip_finished=cfg.skip_finished,
         data_name=cfg.data_name,

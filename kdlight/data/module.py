@@ -57,6 +57,9 @@ class DataSpec:
         limit_unlabeled: use the first N unlabeled inputs (None: all).
         limit_eval: evaluate on the first N examples of every evaluation set (None: all).
         num_workers: DataLoader worker processes.
+        validation_targets: what validation teacher-forces on: `gold` (the validation split's
+            targets) or `teacher` (the teacher's outputs for its inputs: the no-label setting, where
+            only the test split has gold, so model selection must not see it).
     """
 
     task: Task
@@ -69,6 +72,11 @@ class DataSpec:
     limit_unlabeled: int | None = None
     limit_eval: int | None = None
     num_workers: int = 0
+    validation_targets: str = "gold"
+
+    def __post_init__(self) -> None:
+        if self.validation_targets not in ("gold", "teacher"):
+            raise ValueError(f"data.validation_targets must be 'gold' or 'teacher', got '{self.validation_targets}'")
 
 
 @dataclass
@@ -144,6 +152,7 @@ class TaskDataModule(L.LightningDataModule):
         self.train_examples: list[Example] = []
         self.unlabeled_examples: list[Example] = []
         self.eval_sets: list[EvalSet] = []
+        self.validation_set: EvalSet | None = None  # None: the run's own eval split
         self._train: list[Encoded] = []
         self._loaded = self._encoded = False
 
@@ -168,6 +177,10 @@ class TaskDataModule(L.LightningDataModule):
                 self.unlabeled_examples = spec.task.load("unlabeled")[: spec.limit_unlabeled]
         self.eval_sets = [self._eval_set(self.name, "eval", spec.task)]
         self.eval_sets += [self._eval_set(name, name, task) for name, task in self.benchmarks.items()]
+        with _named(f"data '{self.name}' (validation split)", "data.task"):
+            validation = spec.task.validation()
+        if validation is not None:
+            self.validation_set = EvalSet(f"{self.name} (validation)", "val", spec.task, validation[: spec.limit_eval])
         if self.unlabeled_examples or self.gold_pairs_and_inputs:
             log.info(f"{self.name}: training on {len(self.train_examples)} labeled examples"
                      + (" (each also as an input)" if self.gold_pairs_and_inputs else "")
@@ -205,9 +218,29 @@ class TaskDataModule(L.LightningDataModule):
             raise RuntimeError("TaskDataModule.connect(tokenizer) must be called before setup()")
         self.load()
         self._train = self._encode("train", self.training_items())
-        for eval_set in self.eval_sets:
+        for eval_set in self.eval_sets + ([self.validation_set] if self.validation_set else []):
             eval_set.encoded = self._encode(eval_set.name, eval_set.examples)
         self._encoded = True
+
+    def validation_prompts(self) -> list[PromptItem]:
+        """The validation inputs, for a teacher to write their targets (`validation_targets: teacher`)."""
+        self.setup()
+        validation = self._own_validation()
+        return [PromptItem(i, e.id, e.prompt, p, t is not None) for (p, t, i), e in
+                zip(validation.encoded, validation.examples)]
+
+    def set_validation_targets(self, targets: Mapping[int, list[int]]) -> None:
+        """Validate on these targets (by validation index) instead of the gold ones."""
+        validation, eos = self._own_validation(), self.tokenizer.eos_token_id
+        validation.encoded = [(p, target_ids(targets[i][:-1] if targets[i][-1:] == [eos] else targets[i],
+                                             self.spec.max_target_tokens, eos), i) for p, _, i in validation.encoded]
+
+    def _own_validation(self) -> EvalSet:
+        if self.validation_set is None:
+            raise ValueError(f"data '{self.name}': validation on the teacher's outputs needs a validation split apart "
+                             "from the evaluation split (whose inputs would otherwise choose the model): set one, e.g. "
+                             "data.task.dev_split=valid for NLG tasks")
+        return self.validation_set
 
     def _encode(self, name: str, examples: list[Example]) -> list[Encoded]:
         if not examples:
@@ -264,8 +297,9 @@ class TaskDataModule(L.LightningDataModule):
                           generator=_own_generator(self.seed))
 
     def val_dataloader(self) -> DataLoader:
-        """The run's own evaluation split, teacher-forced (held-out CE and KL)."""
-        return self.eval_loader(self.eval_sets[0])
+        """The validation split (the task's, else the run's own evaluation split), teacher-forced
+        (held-out CE and KL)."""
+        return self.eval_loader(self.validation_set or self.eval_sets[0])
 
 
 @contextmanager

@@ -59,6 +59,9 @@ class Run:
         seed: model initialisation, data order and the method's random draws.
         threads: torch CPU threads (None: torch's default).
         checkpoint_every_n_steps: how often `checkpoints/last.ckpt` is written (resume point).
+        select_by: keep the weights of the validation with the lowest value of this metric
+            (`val/ce`: the held-out CE on the validation targets) instead of the last ones; they
+            are what is saved and scored (None: the last weights).
         teacher_kl: load the teacher even if the method does not use it, to report the student's
             held-out KL from it (`val/kl_from_teacher`).
         skip_finished: if the output folder has metrics.json, return it without running.
@@ -83,6 +86,7 @@ class Run:
     seed: int = 0
     threads: int | None = None
     checkpoint_every_n_steps: int = 100
+    select_by: str | None = None
     teacher_kl: bool = False
     skip_finished: bool = False
     data_name: str = "data"

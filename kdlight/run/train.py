@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from kdlight.data.module import TaskDataModule, target_ids
 from kdlight.data.tokenizer import has_tokenizer, load_tokenizer, resolve_tokenizer
 from kdlight.io import read_json, write_json
+from kdlight.methods.base import PrepareContext
 from kdlight.models.build import ModelSpec, build_model, count_parameters, save_model
 from kdlight.models.lora import add_lora, merged
 from kdlight.models.vocab import ModelVocab, VocabularyMismatch, add_mask_token, shared_vocab_size
@@ -69,6 +70,8 @@ def train(run: Run, out: str | Path) -> RunResult:
     student = build_model(run.student, tokenizer)
     teacher = _build_teacher(teacher_spec, run, tokenizer)
     vocab_size = _shared_vocab(run, tokenizer, student, teacher_spec, teacher)
+    if run.data.validation_targets == "teacher":
+        _validate_on_teacher_outputs(datamodule, teacher, tokenizer, vocab_size, run)
     if run.student.lora is not None:  # after the vocabulary is settled: a mask token's new row stays frozen
         student = add_lora(student, run.student.lora)
         log.info(f"LoRA adapters r={run.student.lora.r} on {run.student.lora.target_modules}: "
@@ -84,14 +87,15 @@ def train(run: Run, out: str | Path) -> RunResult:
                 "teacher_params": count_parameters(teacher.model) if isinstance(teacher, LiveTeacher) else None}
     log.info(f"{run.stage} {run.student.name} ({count_parameters(student):,} parameters) with {run.method.name}"
              + (f", teacher {teacher.describe()}" if teacher is not None else ""))
-    metrics = fit_and_evaluate(module, trainer, datamodule, out, identity)
+    metrics = fit_and_evaluate(module, trainer, datamodule, out, identity, run.select_by)
     return RunResult(metrics, out, out / "model")
 
 
 def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule: TaskDataModule, out: Path,
-                     identity: dict) -> dict:
+                     identity: dict, select_by: str | None = None) -> dict:
     """Fit (resuming from `checkpoints/last.ckpt` if present), save, then decode and score every
-    evaluation set. Returns the metrics (empty on ranks other than 0)."""
+    evaluation set (with `select_by`, the weights of the best validation). Returns the metrics
+    (empty on ranks other than 0)."""
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, StepTimer))
     last = out / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
@@ -101,6 +105,7 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule:
     if not trainer.fast_dev_run:  # a smoke test leaves no checkpoint, as Lightning's own
         trainer.save_checkpoint(last)
     fit_s = timer.fit_s  # earlier attempts of a resumed run included
+    selected = _load_best(module, trainer, select_by) if select_by else {}
     module.student = merged(module.student)  # LoRA: evaluate and save the plain model
     # A final held-out pass, so every run reports val/* for its final weights whatever the
     # validation interval was.
@@ -118,7 +123,7 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule:
         return {}
     scores, index = score_eval_sets(datamodule.eval_sets, decode, module.tokenizer, out)
     metrics = {**identity, "params": count_parameters(module.student), "steps": trainer.global_step,
-               "step_time_s": timer.median_step_s, "timed_steps": len(timer.times), "fit_time_s": fit_s,
+               "step_time_s": timer.median_step_s, "timed_steps": len(timer.times), "fit_time_s": fit_s, **selected,
                **validation, **scores, "benchmarks": index}
     write_json(out / "metrics.json", metrics)
     for logger in trainer.loggers:
@@ -133,14 +138,39 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule:
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization", category=UserWarning)
 
 
+SELECTABLE = ("val/ce", "val/kl_from_teacher")  # logged at every validation; lower is better
+
+
 def _trainer(run: Run, out: Path) -> L.Trainer:
-    """A Trainer with what resuming needs (a periodic atomic `last.ckpt`) and the step timer."""
+    """A Trainer with what resuming needs (a periodic atomic `last.ckpt`) and the step timer, and a
+    `best.ckpt` kept by the validation metric `select_by`."""
     checkpoint = ModelCheckpoint(dirpath=out / "checkpoints", save_last=True, save_top_k=0,
                                  every_n_train_steps=run.checkpoint_every_n_steps)
+    selection = []
+    if run.select_by:
+        if run.select_by not in SELECTABLE:
+            raise ValueError(f"select_by must be one of {SELECTABLE} (validation metrics, lower is better) or null, "
+                             f"got '{run.select_by}'")
+        selection = [ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=run.select_by, mode="min",
+                                     save_top_k=1, save_last=False, enable_version_counter=False)]
     # kdlight's train loader shards by rank itself (and resumes mid-epoch): no DistributedSampler.
     return L.Trainer(**run.trainer, default_root_dir=out, logger=run.logger or False, use_distributed_sampler=False,
-                     callbacks=[checkpoint, StepTimer(), *run.callbacks],
+                     callbacks=[checkpoint, *selection, StepTimer(), *run.callbacks],
                      plugins=[AtomicCheckpointIO(), *run.plugins])
+
+
+def _load_best(module: DistillationModule, trainer: L.Trainer, metric: str) -> dict:
+    """Put the weights of the best validation into `module` (model selection, e.g. before the
+    paper's final fine-tuning stage); returns what metrics.json records about the choice."""
+    best = next(cb for cb in trainer.checkpoint_callbacks if cb.monitor == metric)
+    if not best.best_model_path or not Path(best.best_model_path).exists():
+        log.warning(f"select_by={metric}: no validation ran (trainer.val_check_interval), so the last weights are kept")
+        return {"selected_step": trainer.global_step}
+    checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
+    module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+    log.info(f"select_by={metric}: the weights of step {checkpoint['global_step']} ({metric} "
+             f"{float(best.best_model_score):.4f}) are saved and scored, not the last ones")
+    return {"selected_step": checkpoint["global_step"], f"selected_{metric.replace('/', '_')}": float(best.best_model_score)}
 
 
 def _check_something_to_train(run: Run) -> None:
@@ -187,6 +217,21 @@ def _build_teacher(spec: ModelSpec | StoredTeacherSpec | None, run: Run,
             teacher.require_log_probs(f"method '{run.method.name}'")
         return teacher
     return LiveTeacher(build_model(spec, tokenizer, frozen=True), run.loop.teacher_placement, run.method.teacher_dropout)
+
+
+def _validate_on_teacher_outputs(datamodule: TaskDataModule, teacher: Teacher | None,
+                                 tokenizer: PreTrainedTokenizerBase, vocab_size: int, run: Run) -> None:
+    """The no-label setting: the validation inputs' targets are the teacher's outputs (a stored
+    teacher's, looked up; a live teacher's, decoded with the evaluation decoding), so held-out CE
+    and model selection (`select_by`) never see gold."""
+    if teacher is None:
+        raise ValueError("data.validation_targets=teacher validates on the teacher's outputs, but this run loads no "
+                         f"teacher (method '{run.method.name}'): use a method with a teacher, or teacher_kl=true")
+    datamodule.connect(tokenizer)
+    ctx = PrepareContext(datamodule.validation_prompts(), teacher, tokenizer, vocab_size)
+    outputs = teacher.outputs(ctx, run.data.decoding, batch_size=run.data.eval_batch_size, seed=run.seed)
+    datamodule.set_validation_targets({i: sequences[0].ids for i, sequences in outputs.items()})
+    log.info(f"validation targets: the teacher's outputs for {len(outputs)} validation inputs (no gold)")
 
 
 def _shared_vocab(run: Run, tokenizer: PreTrainedTokenizerBase, student: PreTrainedModel,

@@ -27,6 +27,11 @@ class Task(ABC):
     def scorer(self) -> Scorer:
         """What scores decoded predictions of this task's examples."""
 
+    def validation(self) -> list[Example] | None:
+        """Held-out examples for validation during training (held-out CE, model selection), when
+        they differ from the `eval` split scored at the end; None: validate on the `eval` split."""
+        return None
+
     def prepare(self) -> None:
         """One-off work before loading (generating data, converting a format). Every process of a
         run calls it, possibly at once: it must be idempotent and publish its results atomically
