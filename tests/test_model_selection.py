@@ -1,5 +1,6 @@
 """Model selection (`select_by`): the weights of the best validation are the ones saved and scored,
-which the paper's final fine-tuning stage starts from."""
+which the paper's final fine-tuning stage starts from; and the no-label setting, where validation
+and model selection see only the teacher's outputs."""
 
 from __future__ import annotations
 
@@ -13,7 +14,18 @@ from lightning.pytorch.loggers import CSVLogger
 from transformers import AutoModelForCausalLM
 
 from kdlight import Run, train
+from kdlight.data.module import DataSpec, TaskDataModule
+from kdlight.data.tokenizer import TokenizerSpec
+from kdlight.losses import ForwardKL
+from kdlight.methods import Method
+from kdlight.methods.base import PrepareContext
+from kdlight.methods.teacher_outputs import PseudoTargets
+from kdlight.models import Decoding, ModelSpec
+from kdlight.targets.store import TargetStore
+from kdlight.tasks.nlg import NlgGenSource, NlgTask
 from kdlight.training.module import LoopOptions
+from kdlight.training.teacher import LiveTeacher, StoredTeacherSpec
+from tests.helpers import TINY_T5, tiny_model
 from tests.test_api import data, task, tiny
 
 
@@ -47,3 +59,59 @@ def test_select_by_names_what_it_accepts(tmp_path):
               trainer={"accelerator": "cpu", "devices": 1, "max_steps": 2})
     with pytest.raises(ValueError, match="select_by must be one of .*val/ce"):
         train(run, tmp_path / "run")
+
+
+def nlggen(labeled: int | None, **task) -> NlgTask:
+    return NlgTask(NlgGenSource(n_train=40, n_valid=10, n_test=10), labeled=labeled, prompt="{input}\nText:", **task)
+
+
+def test_the_no_label_setting_trains_and_selects_on_a_black_box_teachers_outputs_only(tokenizer, tmp_path):
+    """No gold at all: a stored teacher's outputs (written by one of kdlight's own teachers, with
+    top-k log-probabilities) are the only targets, for training and for validation; only the test
+    split is scored against gold."""
+    tokenizer_dir = tmp_path / "tokenizer"
+    tokenizer.save_pretrained(tokenizer_dir)
+    spec = DataSpec(nlggen(labeled=0, dev_split="valid"), Decoding("beam", num_beams=2, max_new_tokens=12),
+                    batch_size=8, eval_batch_size=16, max_prompt_tokens=48, max_target_tokens=16,
+                    validation_targets="teacher")
+    dm = TaskDataModule(spec, "nlggen", use_unlabeled=True)
+    dm.connect(tokenizer)
+    dm.setup()
+    assert not dm.train_examples and len(dm.unlabeled_examples) == 40  # no labels
+    # The black-box teacher: a tiny kdlight teacher's outputs for every training and validation input.
+    teacher = LiveTeacher(tiny_model(tokenizer, "t5", seed=1))
+    prompts = dm.train_prompts() + [replace(p, index=1000 + p.index) for p in dm.validation_prompts()]
+    teacher.outputs(PrepareContext(prompts, teacher, tokenizer, len(tokenizer)), Decoding("sample", max_new_tokens=12,
+                    num_return_sequences=2), top_k=8, batch_size=16, cache_dir=str(tmp_path / "teacher"))
+    store = next((tmp_path / "teacher" / "teacher_outputs").glob("*.jsonl"))
+
+    pt = Method("pt", PseudoTargets(None, Decoding("sample", max_new_tokens=12, num_return_sequences=2)), ForwardKL(),
+                ce_weight=0.0)
+    run = Run(data=spec, student=ModelSpec("student", "t5", TINY_T5), method=pt,
+              teacher=StoredTeacherSpec("black box", str(store)), tokenizer=TokenizerSpec(str(tokenizer_dir)),
+              trainer={"accelerator": "cpu", "devices": 1, "max_steps": 6, "val_check_interval": 2,
+                       "check_val_every_n_epoch": None, "num_sanity_val_steps": 0, "enable_progress_bar": False},
+              select_by="val/ce", loop=LoopOptions(warmup_steps=1))
+    metrics = train(run, tmp_path / "run").metrics
+    assert metrics["steps"] == 6 and metrics["selected_step"] in (2, 4, 6)
+    assert {"eval/bleu", "eval/rougeL"} <= set(metrics) and metrics["eval/n"] == 10  # test split, scored on gold
+    saved = TargetStore.load(store)
+    validation = {e.prompt: e for e in dm.validation_set.examples}
+    # What validation teacher-forced on: the teacher's first output for each validation input, not gold.
+    dm.set_validation_targets({i: saved.lookup(p.text)[0].ids for i, p in enumerate(dm.validation_prompts())})
+    for batch in dm.val_dataloader():
+        for index, target in zip(batch.index.tolist(), batch.targets()):
+            prompt = dm.validation_set.examples[index].prompt
+            assert target == saved.lookup(prompt)[0].ids
+            assert tokenizer.decode(target, skip_special_tokens=True) != validation[prompt].target
+
+
+def test_validating_on_teacher_outputs_needs_a_validation_split_apart_from_the_test_split(tokenizer, tmp_path):
+    spec = DataSpec(nlggen(labeled=0), validation_targets="teacher", max_prompt_tokens=48)
+    run = Run(data=spec, student=ModelSpec("student", "t5", TINY_T5), method=Method(
+              "pt", PseudoTargets(None, Decoding("sample", max_new_tokens=8)), ForwardKL(), ce_weight=0.0),
+              teacher=ModelSpec("teacher", "t5", TINY_T5), trainer={"accelerator": "cpu", "devices": 1, "max_steps": 2})
+    with pytest.raises(ValueError, match="dev_split=valid"):
+        train(run, tmp_path / "run")
+    with pytest.raises(ValueError, match="both 'test'"):
+        nlggen(labeled=0, dev_split="test")

@@ -230,10 +230,10 @@ class TaskDataModule(L.LightningDataModule):
                 zip(validation.encoded, validation.examples)]
 
     def set_validation_targets(self, targets: Mapping[int, list[int]]) -> None:
-        """Validate on these targets (by validation index) instead of the gold ones."""
-        validation, eos = self._own_validation(), self.tokenizer.eos_token_id
-        validation.encoded = [(p, target_ids(targets[i][:-1] if targets[i][-1:] == [eos] else targets[i],
-                                             self.spec.max_target_tokens, eos), i) for p, _, i in validation.encoded]
+        """Validate on these targets (by validation index; as generated, cut to max_target_tokens)
+        instead of the gold ones."""
+        validation, cut = self._own_validation(), self.spec.max_target_tokens
+        validation.encoded = [(p, list(targets[i][:cut]), i) for p, _, i in validation.encoded]
 
     def _own_validation(self) -> EvalSet:
         if self.validation_set is None:
