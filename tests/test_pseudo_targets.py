@@ -92,6 +92,14 @@ def test_items_are_gold_pairs_then_every_input(jsonl_files, tokenizer):
     assert len(plain.training_items()) == N_LABELED + N_UNLABELED
 
 
+def test_an_input_with_several_references_is_one_pt_input(tokenizer, tmp_path):
+    rows = [{"prompt": "describe: x", "target": t} for t in ("a", "b", "c")] + [{"prompt": "describe: y", "target": "d"}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "dev.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    items = datamodule(tmp_path, tokenizer).training_items()
+    assert [(e.prompt, e.target) for e in items[4:]] == [("describe: x", None), ("describe: y", None)]
+
+
 def test_each_input_gets_the_epochs_pt_and_gold_pairs_stay(jsonl_files, tokenizer, tmp_path):
     dm = datamodule(jsonl_files, tokenizer)
     teacher = LiveTeacher(tiny_model(tokenizer, seed=1))

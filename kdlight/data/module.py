@@ -262,11 +262,13 @@ class TaskDataModule(L.LightningDataModule):
                 for i, (p, t) in enumerate(zip(prompts, targets))]
 
     def training_items(self) -> list[Example]:
-        """The training items, in the order batches index them: labeled examples, their inputs again
-        without targets (`gold_pairs_and_inputs`), unlabeled inputs."""
-        inputs = [Example(e.id, e.prompt, None, e.group, e.meta) for e in self.train_examples] \
-            if self.gold_pairs_and_inputs else []
-        return self.train_examples + inputs + self.unlabeled_examples
+        """The training items, in the order batches index them: labeled examples, their distinct inputs
+        again without targets (`gold_pairs_and_inputs`), unlabeled inputs."""
+        inputs: dict[str, Example] = {}
+        if self.gold_pairs_and_inputs:  # each distinct input once, however many references it has
+            for e in self.train_examples:
+                inputs.setdefault(e.prompt, Example(e.id, e.prompt, None, e.group, e.meta))
+        return self.train_examples + list(inputs.values()) + self.unlabeled_examples
 
     def train_prompts(self) -> list[PromptItem]:
         """Every training prompt (labeled and unlabeled), as the training batches index them."""
