@@ -30,3 +30,19 @@ def tokenizer(sqlgen_root):
     examples, _ = load_examples(SpiderSource(str(sqlgen_root)), "train.json", PromptParts())
     texts = [t for e in examples for t in (e.prompt, e.target)]
     return train_tokenizer(texts, vocab_size=400)
+
+
+@pytest.fixture
+def generate_calls(monkeypatch) -> list[int]:
+    """The batch size of each call the teacher makes to the real `generate` (which still runs)."""
+    from kdlight.models import generate
+    from kdlight.training import teacher as teacher_module
+
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(args[1].size)
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_module, "generate", counted)
+    return calls

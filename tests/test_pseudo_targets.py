@@ -69,19 +69,6 @@ def context(student, teacher, tokenizer, step=0, epoch=0):
     return StepContext(student, teacher, tokenizer, len(tokenizer), torch.Generator().manual_seed(0), step, epoch)
 
 
-@pytest.fixture
-def generate_calls(monkeypatch):
-    """The prompts the teacher decodes (the real `generate` still runs)."""
-    calls = []
-
-    def counted(*args, **kwargs):
-        calls.append(args[1].size)
-        return generate(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_module, "generate", counted)
-    return calls
-
-
 def test_items_are_gold_pairs_then_every_input(jsonl_files, tokenizer):
     dm = datamodule(jsonl_files, tokenizer)
     items = dm.training_items()

@@ -21,7 +21,6 @@ from kdlight.models import Decoding, generate, target_logits
 from kdlight.models.build import save_model
 from kdlight.targets.store import TargetStore
 from kdlight.tasks.text2sql import PromptParts, SpiderSource, Text2SQLTask
-from kdlight.training import teacher as teacher_module
 from kdlight.training.module import DistillationModule, LoopOptions
 from kdlight.training.objective import loss_terms
 from kdlight.training.teacher import LiveTeacher, StoredTeacher, teacher_fingerprint
@@ -38,19 +37,6 @@ def datamodule(sqlgen_root, tokenizer):
     dm.connect(tokenizer)
     dm.setup()
     return dm
-
-
-@pytest.fixture
-def generate_calls(monkeypatch):
-    """Count the teacher's calls to the real `generate` (it still runs)."""
-    calls = []
-
-    def counted(*args, **kwargs):
-        calls.append(args[1].size)
-        return generate(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_module, "generate", counted)
-    return calls
 
 
 def greedy(n: int = 8) -> Decoding:
