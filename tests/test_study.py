@@ -50,6 +50,16 @@ def test_plan_expands_the_grid_and_points_each_job_at_its_own_earlier_job(tmp_pa
     assert next(j for j in jobs if j.name == "teacher/a").overrides[-1] == "label=teacher"
 
 
+def test_a_reference_can_pin_an_axis_the_referring_stage_does_not_have(tmp_path):
+    stages = {"teacher": {"for_each": ["data"], "overrides": ["stage=teacher"]},
+              "methods": {"for_each": ["data", "method", "seed"], "overrides": ["teacher.path={teacher}/model"]},
+              "final_ft": {"for_each": ["seed", "data"], "overrides": ["student.path={methods[method=fkd]}/model"]}}
+    jobs = plan(stages=stages).jobs(tmp_path)
+    ft = next(j for j in jobs if j.name == "final_ft/seed1_b")
+    assert ft.overrides[-1] == f"student.path={tmp_path}/methods/b_fkd_seed1/model"  # the target's axis order
+    assert len([j for j in jobs if j.stage == "final_ft"]) == 4
+
+
 @pytest.mark.parametrize("change,match", [
     ({"stages": {"methods": {"for_each": ["size"]}}}, "unknown axes \\['size'\\]"),
     ({"stages": {"methods": {"overrides": ["teacher.path={teacher}/model"]}}}, "not an earlier stage"),
@@ -57,6 +67,8 @@ def test_plan_expands_the_grid_and_points_each_job_at_its_own_earlier_job(tmp_pa
                                                                   "overrides": ["teacher.path={teacher}"]}}},
      "whose axes \\['method'\\] it does not all have"),
     ({"axes": {"seed": ["0 1"]}, "stages": {"s": {"for_each": ["seed"]}}}, "must be letters, digits"),
+    ({"stages": {"teacher": {}, "methods": {"for_each": ["method"]}, "ft": {"for_each": ["seed"], "overrides": [
+        "student.path={methods[method=kid]}"]}}}, "has no job with method=kid"),
     ({"reports": {"r": {"stages": ["nowhere"]}}}, "unknown stages"),
 ])
 def test_a_plan_that_cannot_run_is_refused_before_any_job(change, match):

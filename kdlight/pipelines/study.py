@@ -13,6 +13,9 @@ A study YAML (`conf/study/<name>.yaml`, run with `kdlight-study study=<name>`) h
       methods:
         for_each: [method, seed]             # one job per combination of these axes
         overrides: ["teacher.path={teacher}/model"]   # {stage}: that stage's matching job folder
+      final_ft:                              # {stage[axis=value]}: the job of that stage with this value
+        for_each: [seed]
+        overrides: ["student.path={methods[method=kid]}/model", method=sft]
     reports:                                 # written when every stage is done
       report: {stages: [methods], baseline: sft, paired: ["kid:sft"]}
 
@@ -42,7 +45,9 @@ from kdlight.report.write import ReportError, ReportSpec, write_report
 log = logging.getLogger(__name__)
 
 _LABEL = re.compile(r"^[\w.-]+$")
-_REFERENCE = re.compile(r"\{([A-Za-z_][\w]*)\}")
+# {stage} or {stage[axis=value]}: an earlier stage's job whose axis values agree with the referring
+# job's, with `axis` pinned to `value` if given.
+_REFERENCE = re.compile(r"\{([A-Za-z_]\w*)(?:\[([A-Za-z_]\w*)=([\w.-]+)\])?\}")
 
 
 @dataclass(frozen=True)
@@ -107,7 +112,7 @@ class StudyPlan:
 
     def check(self) -> None:
         """Every axis exists, and every `{stage}` reference points at an earlier stage whose axes
-        the referring stage also has (so exactly one job matches)."""
+        the referring stage also has, or pins (so exactly one job matches)."""
         seen: dict[str, Stage] = {}
         for stage in self.stages:
             unknown = [a for a in stage.for_each if a not in self.axes]
@@ -115,13 +120,17 @@ class StudyPlan:
                 raise ValueError(f"study {self.name}: stage '{stage.name}' iterates over unknown axes {unknown} "
                                  f"(axes: {sorted(self.axes)})")
             for override in stage.overrides:
-                for ref in _REFERENCE.findall(override):
+                for match in _REFERENCE.finditer(override):
+                    ref, pinned, value = match.groups()
+                    where = f"study {self.name}: stage '{stage.name}' refers to '{match.group(0)}'"
                     if ref not in seen:
-                        raise ValueError(f"study {self.name}: stage '{stage.name}' refers to '{{{ref}}}', which is not "
-                                         f"an earlier stage ({list(seen) or 'none'})")
-                    if not set(seen[ref].for_each) <= set(stage.for_each):
-                        raise ValueError(f"study {self.name}: stage '{stage.name}' refers to '{{{ref}}}', whose axes "
-                                         f"{list(seen[ref].for_each)} it does not all have")
+                        raise ValueError(f"{where}, which is not an earlier stage ({list(seen) or 'none'})")
+                    if pinned and (pinned not in seen[ref].for_each or value not in self.axes[pinned]):
+                        raise ValueError(f"{where}: stage '{ref}' has no job with {pinned}={value} (its axes: "
+                                         f"{list(seen[ref].for_each)})")
+                    if not set(seen[ref].for_each) - {pinned} <= set(stage.for_each):
+                        raise ValueError(f"{where}, whose axes {list(seen[ref].for_each)} it does not all have "
+                                         "(pin the others: {stage[axis=value]})")
             seen[stage.name] = stage
         for report in self.reports:
             if unknown := [s for s in report.stages if s not in seen]:
@@ -147,8 +156,10 @@ class StudyPlan:
 
     def _resolve(self, override: str, values: tuple[tuple[str, str], ...], root: Path) -> str:
         def folder(match: re.Match) -> str:
-            target = next(s for s in self.stages if s.name == match.group(1))
-            return str(_job_folder(root, target.name, tuple((a, v) for a, v in values if a in target.for_each)))
+            name, pinned, value = match.groups()
+            target = next(s for s in self.stages if s.name == name)
+            own = dict(values) | ({pinned: value} if pinned else {})
+            return str(_job_folder(root, target.name, tuple((a, own[a]) for a in target.for_each)))
 
         return _REFERENCE.sub(folder, override)
 
