@@ -25,7 +25,7 @@ from kdlight.training.teacher import LiveTeacher
 from tests.helpers import cpu_trainer, tiny_model
 
 N_LABELED, N_UNLABELED, K = 6, 4, 3
-WORDS = "the cat sat on a mat while dogs ran far away from home".split()
+WORDS = ["the", "cat", "sat", "on", "a", "mat", "while", "dogs", "ran", "far", "away", "from", "home"]
 
 
 @pytest.fixture
@@ -150,10 +150,17 @@ def test_joint_teaching_uses_student_pts_on_exactly_its_share_of_steps(jsonl_fil
         sequences = source.sequences(batch, ctx)
         if "generation_s" in ctx.timings:  # the student decoded this step
             used.append(step)
-            assert sequences.targets() != pts.sequences(batch, ctx).targets()
+            assert sequences.targets() != batch.targets()
         else:
             assert sequences.targets() == pts.sequences(batch, ctx).targets()
     assert used == expected
+    assert (pts.outputs is None) == (lam == 1.0)  # student PTs only: the teacher's are never generated
+
+
+@pytest.mark.parametrize("lam,steps", [(0.29, 100), (0.35, 200), (0.7, 10), (1 / 3, 99)])
+def test_the_share_of_student_pt_steps_is_exact_for_any_share(lam, steps):
+    source = StudentSamples(lam, "step", Decoding("sample", max_new_tokens=4))
+    assert sum(source.samples_at(t) for t in range(steps)) == round(lam * steps)
 
 
 def test_joint_teaching_targets_are_student_samples_without_the_prompt_and_get_the_same_kl(jsonl_files, tokenizer,
@@ -208,15 +215,7 @@ def test_an_interrupted_generation_resumes_without_duplicates_or_gaps(jsonl_file
     dm = datamodule(jsonl_files, tokenizer)
     reference = prepared(PseudoTargets(str(tmp_path / "whole"), sampling(), batch_size=3), dm,
                          LiveTeacher(tiny_model(tokenizer, seed=1)), tokenizer).outputs
-    calls = []
-
-    def dies_after_two_chunks(*args, **kwargs):
-        calls.append(args[1].size)
-        if len(calls) == 3:
-            raise Interrupted
-        return generate(*args, **kwargs)
-
-    monkeypatch.setattr(teacher_module, "generate", dies_after_two_chunks)
+    calls = interrupt_after(2, monkeypatch)
     cache = tmp_path / "cache"
     with pytest.raises(Interrupted):
         prepared(PseudoTargets(str(cache), sampling(), batch_size=3), dm, LiveTeacher(tiny_model(tokenizer, seed=1)),
@@ -235,29 +234,69 @@ def test_an_interrupted_generation_resumes_without_duplicates_or_gaps(jsonl_file
     assert not list((cache / "teacher_outputs").glob("*.partial"))  # the journal is gone once the store is written
 
 
-def test_a_journal_cut_mid_line_regenerates_only_that_chunk(jsonl_files, tokenizer, tmp_path, generate_calls):
+def interrupt_after(chunks: int, monkeypatch) -> list[int]:
+    """Make the teacher's `generate` raise `Interrupted` at its (chunks + 1)-th call (a kill between
+    chunks); returns the batch sizes of its calls."""
+    calls = []
+
+    def dies(*args, **kwargs):
+        calls.append(args[1].size)
+        if len(calls) == chunks + 1:
+            raise Interrupted
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(teacher_module, "generate", dies)
+    return calls
+
+
+def test_a_journal_cut_mid_line_regenerates_only_that_chunk(jsonl_files, tokenizer, tmp_path, monkeypatch):
     dm = datamodule(jsonl_files, tokenizer)
+    whole = prepared(PseudoTargets(str(tmp_path / "whole"), sampling(), batch_size=3), dm,
+                     LiveTeacher(tiny_model(tokenizer, seed=1)), tokenizer).outputs
+    calls = interrupt_after(3, monkeypatch)
     cache = tmp_path / "cache"
-    whole = prepared(PseudoTargets(str(cache), sampling(), batch_size=3), dm, LiveTeacher(tiny_model(tokenizer, seed=1)),
-                     tokenizer).outputs
-    store = next((cache / "teacher_outputs").glob("*.jsonl"))
-    # Rebuild the journal a kill would leave: the key, two chunks, and a third chunk cut short.
-    lines = []
-    teacher = LiveTeacher(tiny_model(tokenizer, seed=1))
-    ctx = PrepareContext(dm.train_prompts(), teacher, tokenizer, len(tokenizer))
-    key = teacher.cache_key(ctx, sampling(), 0, 0, 3)
-    distinct = list(dict.fromkeys(p.text for p in ctx.prompts))
-    by_text = {p.text: whole[p.index] for p in ctx.prompts}
-    for start in (0, 3, 6):
-        chunk = distinct[start:start + 3]
-        lines.append(json.dumps({"chunk": start, "prompts": chunk,
-                                 "outputs": [[s.as_record() for s in by_text[t]] for t in chunk]}))
-    journal = store.with_name(f"{store.stem}.rank0.partial")
-    journal.write_text(json.dumps({"journal": key}) + "\n" + lines[0] + "\n" + lines[1] + "\n" + lines[2][:40])
-    store.unlink()
+    with pytest.raises(Interrupted):
+        prepared(PseudoTargets(str(cache), sampling(), batch_size=3), dm, LiveTeacher(tiny_model(tokenizer, seed=1)),
+                 tokenizer)
+    journal = next((cache / "teacher_outputs").glob("*.partial"))
+    text = journal.read_text()
+    journal.write_text(text[: text.rstrip("\n").rfind("\n") + 40])  # the third chunk's line cut short by a kill
+    calls.clear()
+    resumed = prepared(PseudoTargets(str(cache), sampling(), batch_size=3), dm,
+                       LiveTeacher(tiny_model(tokenizer, seed=1)), tokenizer)
+    assert sum(calls) == N_LABELED + N_UNLABELED - 2 * 3 and resumed.outputs == whole
+
+
+def test_a_generation_resumes_on_another_number_of_ranks(jsonl_files, tokenizer, tmp_path, generate_calls):
+    """What rank 1 of 2 journaled is not decoded again by a run on one process."""
+    dm = datamodule(jsonl_files, tokenizer)
+    whole = prepared(PseudoTargets(str(tmp_path / "whole"), sampling(), batch_size=3), dm,
+                     LiveTeacher(tiny_model(tokenizer, seed=1)), tokenizer).outputs
+    cache, teacher = tmp_path / "cache", LiveTeacher(tiny_model(tokenizer, seed=1))
+    rank1 = PrepareContext(dm.train_prompts(), teacher, tokenizer, len(tokenizer), rank=1, world_size=2)
+    generate_calls.clear()
+    with pytest.raises(RuntimeError, match="have no output after every rank's were gathered"):
+        teacher.outputs(rank1, sampling(), batch_size=3, cache_dir=str(cache))  # alone: rank 0's part is missing
+    assert generate_calls == [3, 1]  # chunks 1 and 3 of 0-3 (10 distinct inputs)
     generate_calls.clear()
     resumed = prepared(PseudoTargets(str(cache), sampling(), batch_size=3), dm, teacher, tokenizer)
-    assert sum(generate_calls) == len(distinct) - 6 and resumed.outputs == whole
+    assert generate_calls == [3, 3] and resumed.outputs == whole  # chunks 0 and 2 only, the same PTs
+    assert not list((cache / "teacher_outputs").glob("*.partial"))  # every rank's journal removed
+
+
+def test_a_journal_of_another_chunk_size_is_not_reused(jsonl_files, tokenizer, tmp_path, monkeypatch):
+    dm = datamodule(jsonl_files, tokenizer)
+    beam = Decoding("beam", num_beams=2, num_return_sequences=2, max_new_tokens=6)  # batch size not in its cache key
+    interrupt_after(2, monkeypatch)
+    with pytest.raises(Interrupted):
+        prepared(PseudoTargets(str(tmp_path), beam, batch_size=2), dm, LiveTeacher(tiny_model(tokenizer, seed=1)),
+                 tokenizer)
+    calls = interrupt_after(100, monkeypatch)
+    resumed = prepared(PseudoTargets(str(tmp_path), beam, batch_size=4), dm, LiveTeacher(tiny_model(tokenizer, seed=1)),
+                       tokenizer)
+    assert calls == [4, 4, 2]  # every chunk of the new size decoded, none taken from the other journal
+    assert sorted(resumed.outputs) == list(range(len(dm.training_items())))
+    assert all(len(outputs) == 2 for outputs in resumed.outputs.values())
 
 
 def test_noisy_kd_needs_a_teacher_with_dropout_and_then_its_distributions_vary(tokenizer, jsonl_files):

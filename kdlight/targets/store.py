@@ -154,63 +154,65 @@ class GenerationJournal:
     duplicates, no gaps) and regenerates only a chunk whose line a kill cut short.
 
     File: a header line `{"journal": key}`, then one line per finished chunk
-    `{"chunk": start, "prompts": [...], "outputs": [[record, ...], ...]}`, flushed to disk before the
-    next chunk starts. A file with another key (other teacher, prompts or decoding) is started over.
+    `{"chunk": number, "prompts": [...], "outputs": [[record, ...], ...]}`, flushed to disk before the
+    next chunk starts. Each rank writes its own file and reads every rank's (`others`), so a run
+    resumed on another number of ranks skips what any of them wrote. A file with another key
+    (other teacher, prompts, decoding or chunk size) is ignored, and one's own is started over.
     """
 
-    def __init__(self, path: Path | None, key: dict):
+    def __init__(self, path: Path | None, key: dict, others: Iterable[Path] = ()):
         self.path, self.key = path, key
         self.chunks: dict[int, dict[str, list[StoredSequence]]] = {}
+        for other in others:
+            if other != path:
+                self._read(other, rewrite=False)
+        own: dict[int, dict[str, list[StoredSequence]]] = {}
         if path is not None and path.exists():
-            self._read()
-        if path is not None and not self.chunks:
+            own = self._read(path, rewrite=True)
+        if path is not None and not own:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps({"journal": key}) + "\n")
 
-    def _read(self) -> None:
-        lines = self.path.read_text().split("\n")
+    def _read(self, path: Path, rewrite: bool) -> dict[int, dict[str, list[StoredSequence]]]:
+        """The chunks of one journal file with this key (added to `self.chunks`); a line cut short
+        by a kill ends the file (with `rewrite`, it is dropped from the file, which is this rank's)."""
+        lines = path.read_text().split("\n")
+        read: dict[int, dict[str, list[StoredSequence]]] = {}
         try:
             if json.loads(lines[0]).get("journal") != self.key:
-                return
+                return read
         except (json.JSONDecodeError, AttributeError):
-            return
+            return read
         for number, line in enumerate(lines[1:], start=2):
             if not line.strip():
                 continue
             try:
                 chunk = json.loads(line)
-            except json.JSONDecodeError:
+                read[chunk["chunk"]] = {prompt: [_sequence(o, path, number, None) for o in outputs]
+                                        for prompt, outputs in zip(chunk["prompts"], chunk["outputs"], strict=True)}
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError):
                 if any(rest.strip() for rest in lines[number:]):  # only the last line may be cut short by a kill
-                    log.warning(f"{self.path}: line {number} is damaged; generating its chunk and those after again")
-                self._rewrite()
-                return
-            self.chunks[chunk["chunk"]] = {prompt: [_sequence(o, self.path, number, None) for o in outputs]
-                                           for prompt, outputs in zip(chunk["prompts"], chunk["outputs"])}
-
-    def _rewrite(self) -> None:
-        """Keep the chunks read so far, drop the damaged rest (appending after a cut line would
-        join two records on one line)."""
-        lines = [{"journal": self.key}] + [self._record(start, outputs) for start, outputs in self.chunks.items()]
-        write_jsonl(self.path, lines)
+                    log.warning(f"{path}: line {number} is damaged; generating its chunk and those after again")
+                if rewrite:
+                    write_jsonl(path, [{"journal": self.key}] + [self._record(n, o) for n, o in read.items()])
+                break
+        self.chunks.update(read)
+        return read
 
     @staticmethod
-    def _record(start: int, outputs: dict[str, list[StoredSequence]]) -> dict:
-        return {"chunk": start, "prompts": list(outputs),
+    def _record(number: int, outputs: dict[str, list[StoredSequence]]) -> dict:
+        return {"chunk": number, "prompts": list(outputs),
                 "outputs": [[s.as_record() for s in sequences] for sequences in outputs.values()]}
 
-    def append(self, start: int, outputs: dict[str, list[StoredSequence]]) -> None:
-        self.chunks[start] = outputs
+    def append(self, number: int, outputs: dict[str, list[StoredSequence]]) -> None:
+        self.chunks[number] = outputs
         if self.path is None:
             return
         with open(self.path, "a") as f:
-            f.write(json.dumps(self._record(start, outputs)) + "\n")
+            f.write(json.dumps(self._record(number, outputs)) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
     def outputs(self) -> dict[str, list[StoredSequence]]:
-        """Every output written so far, by prompt text."""
+        """Every output written so far (by any rank), by prompt text."""
         return {prompt: sequences for chunk in self.chunks.values() for prompt, sequences in chunk.items()}
-
-    def remove(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)

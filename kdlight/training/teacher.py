@@ -42,7 +42,7 @@ from kdlight.targets.store import GenerationJournal, StoredSequence, TargetStore
 log = logging.getLogger(__name__)
 
 PLACEMENTS = ("replicate", "shard")
-Outputs = dict[int, list[StoredSequence]]  # training-item index -> its outputs
+Outputs = dict[int, list[StoredSequence]]  # prompt index (of the training items, or validation examples) -> outputs
 
 
 class Teacher(ABC):
@@ -108,31 +108,41 @@ class LiveTeacher(Teacher):
 
     def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
                 cache_dir: str | None = None, seed: int = 0) -> Outputs:
-        """Read the outputs from the cache, or generate them (each distinct prompt once; each rank its
-        share; rank 0 writes the union) and cache them. The cache key covers the teacher
-        checkpoint, every prompt's token ids, the decoding settings and `top_k`, so a change to any
-        of them decodes again. Generation is journaled chunk by chunk next to the cache, so an
-        interrupted run resumes where it stopped (with the same outputs: each chunk has its own seed)."""
+        """Read the outputs from the cache, or generate them and cache them. The cache key covers
+        the teacher checkpoint, every prompt's token ids, the decoding settings and `top_k`, so a
+        change to any of them decodes again.
+
+        Generation: the distinct prompts, sorted by text, are cut into chunks of `batch_size`; rank
+        r decodes chunks r, r + world, ...; each chunk is seeded by its own number and journaled
+        next to the cache as soon as it is done, so an interrupted run resumes at the chunks not yet
+        written (by any rank, on any number of ranks) with the outputs an uninterrupted run gives.
+        """
         key = self.cache_key(ctx, decoding, top_k, seed, batch_size)
         path = Path(cache_dir) / "teacher_outputs" / f"{_digest(key)}.jsonl" if cache_dir else None
         store = _read_cache(path, key)
         if store is None:
             started = time.perf_counter()
-            distinct = list({item.text: item for item in reversed(ctx.prompts)}.values())[::-1]  # first of each text
-            # A sharded teacher's ranks must decode in step: no journal (ranks could resume unequally).
-            journal = GenerationJournal(path.with_name(f"{path.stem}.rank{ctx.rank}.partial") if path and not
-                                        self.sharded else None, key)
-            mine = self._generate(self._share(distinct, ctx), ctx, decoding, top_k, batch_size, seed, journal)
+            distinct = sorted({item.text: item for item in ctx.prompts}.values(), key=lambda item: item.text)
+            chunks = [distinct[i:i + batch_size] for i in range(0, len(distinct), batch_size)]
+            journals = sorted(path.parent.glob(f"{path.stem}.rank*.partial")) if path else []
+            journal = GenerationJournal(path.with_name(f"{path.stem}.rank{ctx.rank}.partial") if path else None,
+                                        key | {"batch_size": batch_size}, journals)
+            self._generate(chunks, self._share(len(chunks), ctx), ctx, decoding, top_k, seed, journal)
             produced: dict[str, list[StoredSequence]] = {}
-            for part in ctx.gather(mine):
+            for part in ctx.gather(journal.outputs()):
                 produced.update(part)
+            if missing := [item.text for item in distinct if item.text not in produced]:
+                raise RuntimeError(f"teacher outputs: {len(missing)} of {len(distinct)} prompts have no output after "
+                                   f"every rank's were gathered (first: {missing[0][:80]!r})")
             store = TargetStore(key=key, top_k=top_k, vocab_size=ctx.vocab_size)
             for item in ctx.prompts:
                 store.add(item.text, item.id, produced[item.text])
             if path is not None and ctx.rank == 0:
                 store.save(path)
-            ctx.gather(None)  # every rank's journal is in the store before any is removed
-            journal.remove()
+            ctx.gather(None)  # the store is written before any journal is removed
+            if path is not None and ctx.rank == 0:
+                for stale in path.parent.glob(f"{path.stem}.rank*.partial"):  # this run's, and any earlier run's
+                    stale.unlink(missing_ok=True)
             log.info(f"teacher outputs: {len(distinct)} prompts decoded ({decoding.strategy}, "
                      f"{decoding.num_return_sequences} per prompt) in {time.perf_counter() - started:.1f}s"
                      + (f", cached at {path}" if path else ""))
@@ -149,31 +159,32 @@ class LiveTeacher(Teacher):
                 "vocab_size": ctx.vocab_size, "decoding": decoding.key(), "top_k": top_k,
                 "seed": seed if sampled else None, "batch_size": batch_size if sampled else None}
 
-    def _share(self, prompts: list[PromptItem], ctx: PrepareContext) -> list[PromptItem]:
-        """This rank's prompts; equally many on every rank when the teacher is sharded (a rank
-        with one fewer repeats its last prompt, whose output is then simply produced twice)."""
-        mine = prompts[ctx.rank::ctx.world_size]
-        if self.sharded and mine:
-            mine += mine[-1:] * (-(-len(prompts) // ctx.world_size) - len(mine))
+    def _share(self, n_chunks: int, ctx: PrepareContext) -> list[int]:
+        """This rank's chunk numbers; equally many on every rank when the teacher is sharded (its
+        forward is collective: a rank with fewer repeats its last chunk, decoded twice)."""
+        mine = list(range(ctx.rank, n_chunks, ctx.world_size))
+        if self.sharded:
+            mine = mine or [0]
+            mine += mine[-1:] * (-(-n_chunks // ctx.world_size) - len(mine))
         return mine
 
-    def _generate(self, items: list[PromptItem], ctx: PrepareContext, decoding: Decoding, top_k: int,
-                  batch_size: int, seed: int, journal: GenerationJournal) -> dict[str, list[StoredSequence]]:
-        """Outputs by prompt text, chunk by chunk; chunks already in `journal` are skipped."""
+    def _generate(self, chunks: list[list[PromptItem]], mine: list[int], ctx: PrepareContext, decoding: Decoding,
+                  top_k: int, seed: int, journal: GenerationJournal) -> None:
+        """Decode this rank's chunks (`mine`, numbers into `chunks`) that no journal holds yet."""
         tokenizer = ctx.tokenizer
         eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         device = next(self.model.parameters()).device
         self.model.eval()
-        starts = range(0, len(items), batch_size)
-        todo = [start for start in starts if start not in journal.chunks]
-        if len(todo) < len(starts):
-            log.info(f"teacher outputs: resuming, {len(starts) - len(todo)} of {len(starts)} chunks already generated")
-        bar = tqdm(total=len(starts), initial=len(starts) - len(todo), desc="teacher outputs", unit="batch",
+        # A sharded teacher's ranks decode in step, so every rank decodes all of its chunks again.
+        todo = mine if self.sharded else [number for number in mine if number not in journal.chunks]
+        if len(todo) < len(mine):
+            log.info(f"teacher outputs: resuming, {len(mine) - len(todo)} of {len(mine)} chunks already generated")
+        bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="teacher outputs", unit="batch",
                    disable=ctx.rank != 0 or not todo)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), bar:
-            for start in todo:
-                torch.manual_seed(seed * 1_000_003 + ctx.rank * 10_007 + start)  # a chunk's draws, wherever it resumes
-                chunk = items[start:start + batch_size]
+            for number in todo:
+                torch.manual_seed(seed * 1_000_003 + number)  # a chunk's draws, whichever rank decodes it, whenever
+                chunk = chunks[number]
                 prompts = collate([p.ids for p in chunk], [[eos]] * len(chunk), list(range(len(chunk))), pad).to(device)
                 flat = generate(self.model, prompts, decoding, eos, pad, ctx.vocab_size, synced=self.sharded)
                 n = decoding.num_return_sequences
@@ -181,10 +192,9 @@ class LiveTeacher(Teacher):
                             for row, item in enumerate(chunk)}
                 if top_k:
                     self._add_top_k(chunk, produced, prompts, top_k, ctx.vocab_size, pad)
-                journal.append(start, produced)
+                journal.append(number, produced)
                 self.generated += len(chunk)
                 bar.update()
-        return journal.outputs()
 
     @torch.no_grad()
     def _add_top_k(self, chunk: list[PromptItem], produced: dict[str, list[StoredSequence]], prompts: Batch, top_k: int, vocab_size: int,
@@ -225,7 +235,7 @@ class StoredTeacher(Teacher):
         missing = [item for item in ctx.prompts if found[item.index] is None]
         if missing:
             raise KeyError(f"the stored teacher ({self.path}) has no outputs for {len(missing)} of {len(ctx.prompts)} "
-                           f"training prompts (first: id {missing[0].id}, prompt {missing[0].text[:80]!r}); "
+                           f"prompts (first: id {missing[0].id}, prompt {missing[0].text[:80]!r}); "
                            "a stored teacher cannot generate new ones")
         if self.store.key and self.store.key.get("decoding") not in (None, decoding.key()):
             log.warning(f"the stored outputs were decoded with {self.store.key['decoding']}; the method asks for "
