@@ -232,7 +232,7 @@ def test_squad_qg_real_file_is_split_by_paragraph():
     assert not train & {context[r.id] for r in splits["test"] + splits["valid"]}
     record = splits["train"][0]
     item = items[int(record.id) - 1]
-    assert record.input == f"{item['context']} answer: {item['answer']}" and record.references == (item["question"],)
+    assert record.input == f"{item['context']}; answer: {item['answer']}" and record.references == (item["question"],)
 
 
 @real_data
@@ -243,7 +243,7 @@ def test_art_real_file_targets_the_labeled_hypothesis():
     for record in splits["test"][:20]:
         row = rows[record.id]
         assert record.references == (row[f"hyp{row['label']}"],)
-        assert record.input == f"{row['obs1']} outcome: {row['obs2']}"
+        assert record.input == f"{row['obs1']}; outcome: {row['obs2']}"
 
 
 @real_data

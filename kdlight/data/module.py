@@ -6,8 +6,8 @@ What it does for every task family alike:
   cannot be scored fails here, not after training);
 - tokenises prompts (BOS first; an over-long prompt loses its start, which keeps the question at
   the end) and targets (EOS last; cut to the maximum), counting and logging every cut;
-- serves the training loader (labeled examples; with `gold_pairs_and_inputs` each labeled example's
-  input once more without its target; then unlabeled inputs when the method can use them) in a seeded per-epoch order, sharded by rank and resumable mid-epoch
+- serves the training loader (labeled examples; with `gold_pairs_and_inputs` each distinct labeled
+  input once more without a target; then unlabeled inputs when the method can use them) in a seeded per-epoch order, sharded by rank and resumable mid-epoch
   (`kdlight.data.sampler`), and one evaluation loader per evaluation set;
 - gives sources that precompute targets every training prompt (`train_prompts`).
 
@@ -133,8 +133,8 @@ class TaskDataModule(L.LightningDataModule):
         use_unlabeled: train on the task's unlabeled inputs too (for methods whose sequences do
             not need a gold target).
         use_train: load the training split (False: evaluation only).
-        gold_pairs_and_inputs: list every labeled example twice: as its gold pair, and as an input
-            without target, for a source that writes one (pseudo-target training).
+        gold_pairs_and_inputs: list every labeled example as its gold pair, and each distinct labeled
+            input once more without target, for a source that writes one (pseudo-target training).
     """
 
     def __init__(self, spec: DataSpec, name: str = "data", benchmarks: Mapping[str, Task] | None = None,
@@ -202,7 +202,7 @@ class TaskDataModule(L.LightningDataModule):
     def training_texts(self) -> Iterator[str]:
         """Text a tokenizer is trained on: every training prompt and target."""
         self.load()
-        for example in self.train_examples + self.unlabeled_examples:  # each text once
+        for example in self.train_examples + self.unlabeled_examples:  # not the input copies of training_items
             yield example.prompt
             if example.target is not None:
                 yield example.target

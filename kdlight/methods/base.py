@@ -121,8 +121,9 @@ class SequenceSource(ABC):
     @property
     def keeps_gold_pairs(self) -> bool:
         """The source's targets come on top of the gold pairs: every labeled example is trained on
-        once with its gold target, kept as it is, and once more as an input whose target the
-        source writes (KD4Gen's pseudo-target training: gold pairs + one PT per input)."""
+        with its gold target, kept as it is, and each distinct labeled input once more as an input
+        whose target the source writes (KD4Gen's pseudo-target training: gold pairs + one PT per
+        input)."""
         return False
 
     @property
@@ -180,5 +181,5 @@ class Method:
 
     @property
     def keeps_gold_pairs(self) -> bool:
-        """Labeled examples are trained on twice per epoch: as gold pairs and as inputs."""
+        """Labeled examples are trained on as gold pairs and their inputs again, for the source's targets."""
         return self.source.keeps_gold_pairs

@@ -19,8 +19,10 @@ of these methods. Prompts are never changed.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 import torch
 
@@ -63,7 +65,9 @@ class StudentSamples(SequenceSource):
 
     @property
     def needs_preparation(self) -> bool:
-        return self.otherwise is not None and self.otherwise.needs_preparation
+        """With λ = 1 every target is a sample: `otherwise` is never asked (its teacher PTs are not
+        generated)."""
+        return self.otherwise is not None and self.otherwise.needs_preparation and self.lam < 1.0
 
     @property
     def keeps_gold_pairs(self) -> bool:
@@ -82,8 +86,10 @@ class StudentSamples(SequenceSource):
             self.otherwise.prepare(ctx)
 
     def samples_at(self, step: int) -> bool:
-        """`per: step`: whether step `step` (from 0) trains on student samples."""
-        return int((step + 1) * self.lam) > int(step * self.lam)
+        """`per: step`: whether step `step` (from 0) trains on student samples (exact arithmetic:
+        in floats, floor(n·λ) would be off by one for some λ and n)."""
+        lam = Fraction(self.lam).limit_denominator(1_000_000)
+        return math.floor((step + 1) * lam) > math.floor(step * lam)
 
     def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
         if self.per == "step":
@@ -91,7 +97,7 @@ class StudentSamples(SequenceSource):
         else:
             draws = torch.rand(1 if self.per == "batch" else gold.size, generator=ctx.generator) < self.lam
             use = draws.expand(gold.size) if self.per == "batch" else draws
-        base = gold if self.otherwise is None else self.otherwise.sequences(gold, ctx)
+        base = gold if self.otherwise is None or use.all() else self.otherwise.sequences(gold, ctx)
         if not use.any():
             return base
         rows = use.nonzero().flatten()

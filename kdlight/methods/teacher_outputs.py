@@ -83,8 +83,8 @@ class TeacherOutputs(SequenceSource):
 class PseudoTargets(TeacherOutputs):
     """Gold pairs as they are, plus the teacher's pseudo-targets for every input (KD4Gen).
 
-    The data module lists each labeled example twice (its gold pair, and its input without target)
-    and every unlabeled input once; this source keeps gold rows and gives each input row its
+    The data module lists each labeled example (its gold pair), each distinct labeled input once more
+    without target, and every unlabeled input; this source keeps gold rows and gives each input row its
     (epoch mod K)-th PT. Decodings of the paper: `sampling` (top-p 0.95, T 1.0, the default and
     the paper's winner), `sampling_high` (T 1.5), `beam` (the K best beams); see conf/method/pt.yaml.
     """

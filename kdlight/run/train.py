@@ -47,6 +47,7 @@ def train(run: Run, out: str | Path) -> RunResult:
         log.info(f"{out} already has metrics.json (skip_finished): not run again")
         return RunResult(read_json(out / "metrics.json"), out, out / "model", reused=True)
     _check_something_to_train(run)
+    _check_select_by(run)
     L.seed_everything(run.seed, workers=True)
     if run.threads:
         torch.set_num_threads(run.threads)
@@ -71,7 +72,7 @@ def train(run: Run, out: str | Path) -> RunResult:
     teacher = _build_teacher(teacher_spec, run, tokenizer)
     vocab_size = _shared_vocab(run, tokenizer, student, teacher_spec, teacher)
     if run.data.validation_targets == "teacher":
-        _validate_on_teacher_outputs(datamodule, teacher, tokenizer, vocab_size, run)
+        _validate_on_teacher_outputs(datamodule, teacher, tokenizer, vocab_size, run, out)
     if run.student.lora is not None:  # after the vocabulary is settled: a mask token's new row stays frozen
         student = add_lora(student, run.student.lora)
         log.info(f"LoRA adapters r={run.student.lora.r} on {run.student.lora.target_modules}: "
@@ -148,11 +149,9 @@ def _trainer(run: Run, out: Path) -> L.Trainer:
                                  every_n_train_steps=run.checkpoint_every_n_steps)
     selection = []
     if run.select_by:
-        if run.select_by not in SELECTABLE:
-            raise ValueError(f"select_by must be one of {SELECTABLE} (validation metrics, lower is better) or null, "
-                             f"got '{run.select_by}'")
         selection = [ModelCheckpoint(dirpath=out / "checkpoints", filename="best", monitor=run.select_by, mode="min",
-                                     save_top_k=1, save_last=False, enable_version_counter=False)]
+                                     save_top_k=1, save_last=False, save_weights_only=True,
+                                     enable_version_counter=False)]
     # kdlight's train loader shards by rank itself (and resumes mid-epoch): no DistributedSampler.
     return L.Trainer(**run.trainer, default_root_dir=out, logger=run.logger or False, use_distributed_sampler=False,
                      callbacks=[checkpoint, *selection, StepTimer(), *run.callbacks],
@@ -164,10 +163,14 @@ def _load_best(module: DistillationModule, trainer: L.Trainer, metric: str) -> d
     paper's final fine-tuning stage); returns what metrics.json records about the choice."""
     best = next(cb for cb in trainer.checkpoint_callbacks if cb.monitor == metric)
     if not best.best_model_path or not Path(best.best_model_path).exists():
-        log.warning(f"select_by={metric}: no validation ran (trainer.val_check_interval), so the last weights are kept")
+        log.warning(f"select_by={metric}: no best checkpoint (no validation ran during training, see "
+                    "trainer.val_check_interval, or checkpoints/best.ckpt was removed): the last weights are kept")
         return {"selected_step": trainer.global_step}
     checkpoint = torch.load(best.best_model_path, map_location="cpu", weights_only=False)
-    module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+    loaded = module.load_state_dict(checkpoint["state_dict"], strict=module.strict_loading)
+    if loaded.unexpected_keys or not checkpoint["state_dict"]:
+        raise KeyError(f"{best.best_model_path} does not hold this run's weights ({len(loaded.unexpected_keys)} "
+                       "unexpected keys): it was written by another run")
     log.info(f"select_by={metric}: the weights of step {checkpoint['global_step']} ({metric} "
              f"{float(best.best_model_score):.4f}) are saved and scored, not the last ones")
     return {"selected_step": checkpoint["global_step"], f"selected_{metric.replace('/', '_')}": float(best.best_model_score)}
@@ -178,6 +181,16 @@ def _check_something_to_train(run: Run) -> None:
     if steps == 0 or (steps in (-1, None) and epochs == 0):
         raise ValueError(f"trainer.max_steps={steps}, trainer.max_epochs={epochs}: nothing to train. To score a "
                          "model without training it, use kdlight-eval (or kdlight.evaluate from Python)")
+
+
+def _check_select_by(run: Run) -> None:
+    if run.select_by is not None and run.select_by not in SELECTABLE:
+        raise ValueError(f"select_by must be one of {SELECTABLE} (validation metrics, lower is better) or null, "
+                         f"got '{run.select_by}'")
+    live_teacher = isinstance(run.teacher, ModelSpec) and (run.method.needs_teacher or run.teacher_kl)
+    if run.select_by == "val/kl_from_teacher" and not live_teacher:
+        raise ValueError("select_by=val/kl_from_teacher needs a live teacher model in the run (a method that uses it, "
+                         "or teacher_kl=true); a stored teacher cannot score the validation targets")
 
 
 def _check_teacher(run: Run, spec: ModelSpec | StoredTeacherSpec | None) -> None:
@@ -220,7 +233,7 @@ def _build_teacher(spec: ModelSpec | StoredTeacherSpec | None, run: Run,
 
 
 def _validate_on_teacher_outputs(datamodule: TaskDataModule, teacher: Teacher | None,
-                                 tokenizer: PreTrainedTokenizerBase, vocab_size: int, run: Run) -> None:
+                                 tokenizer: PreTrainedTokenizerBase, vocab_size: int, run: Run, out: Path) -> None:
     """The no-label setting: the validation inputs' targets are the teacher's outputs (a stored
     teacher's, looked up; a live teacher's, decoded with the evaluation decoding), so held-out CE
     and model selection (`select_by`) never see gold."""
@@ -228,8 +241,12 @@ def _validate_on_teacher_outputs(datamodule: TaskDataModule, teacher: Teacher | 
         raise ValueError("data.validation_targets=teacher validates on the teacher's outputs, but this run loads no "
                          f"teacher (method '{run.method.name}'): use a method with a teacher, or teacher_kl=true")
     datamodule.connect(tokenizer)
+    if run.trainer.get("accelerator") != "cpu" and torch.cuda.is_available():
+        teacher.to(torch.device("cuda", torch.cuda.current_device()))  # where the run will place it anyway
     ctx = PrepareContext(datamodule.validation_prompts(), teacher, tokenizer, vocab_size)
-    outputs = teacher.outputs(ctx, run.data.decoding, batch_size=run.data.eval_batch_size, seed=run.seed)
+    # Cached in the run's folder: a resumed run reads them back (every rank decodes the whole set).
+    outputs = teacher.outputs(ctx, run.data.decoding, batch_size=run.data.eval_batch_size, seed=run.seed,
+                              cache_dir=str(out))
     datamodule.set_validation_targets({i: sequences[0].ids for i, sequences in outputs.items()})
     log.info(f"validation targets: the teacher's outputs for {len(outputs)} validation inputs (no gold)")
 

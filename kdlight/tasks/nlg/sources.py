@@ -106,7 +106,7 @@ class ShakespeareSource:
 @dataclass(frozen=True)
 class SquadQGSource:
     """Question generation from SQuAD v1.1: `{context, question, answer}` items of one JSON list ->
-    the question. Input: `<context> answer: <answer>`. Held-out splits are whole paragraphs."""
+    the question. Input: `<context>; answer: <answer>`. Held-out splits are whole paragraphs."""
 
     root: str
     file: str = "squad_qg_4330.json"
@@ -124,7 +124,7 @@ class SquadQGSource:
         for number, item in enumerate(items, start=1):
             context, question, answer = (text_field(item, f, path, f"item {number}")
                                          for f in ("context", "question", "answer"))
-            records.append(NlgRecord(str(number), f"{context} answer: {answer}", (question,), {"answer": answer}))
+            records.append(NlgRecord(str(number), f"{context}; answer: {answer}", (question,), {"answer": answer}))
             contexts.append(context)
         return hold_out(records, self.n_valid, self.n_test, self.seed, str(path), keys=contexts)
 
@@ -135,7 +135,7 @@ class SquadQGSource:
 @dataclass(frozen=True)
 class ArtSource:
     """Abductive NLG on ART (Bhagavatula et al. 2020): `{obs1, obs2, hyp1, hyp2, label}` lines ->
-    the plausible hypothesis `hyp<label>`. Input: `<obs1> outcome: <obs2>`."""
+    the plausible hypothesis `hyp<label>`. Input: `<obs1>; outcome: <obs2>`."""
 
     root: str
     file: str = "alphanli_dev_1532.jsonl"
@@ -154,7 +154,7 @@ class ArtSource:
                                  f"got {label!r}")
             hypothesis = text_field(row, f"hyp{label}", path, f"line {line}")
             story = row.get("story_id")
-            records.append(NlgRecord(str(story) if story is not None else str(line), f"{obs1} outcome: {obs2}",
+            records.append(NlgRecord(str(story) if story is not None else str(line), f"{obs1}; outcome: {obs2}",
                                      (hypothesis,)))
         return hold_out(records, self.n_valid, self.n_test, self.seed, str(path))
 
