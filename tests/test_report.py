@@ -99,6 +99,20 @@ def test_runs_that_share_method_and_model_but_differ_in_settings_are_separate_ro
     assert len(rows) == 2  # a teacher fine-tuned with SFT is not a seed of the SFT student
 
 
+def test_a_start_that_follows_the_seed_is_one_row_but_other_starts_are_not(tmp_path):
+    """A study stage that continues each seed's earlier job: one row of three seeds."""
+    runs = [fake_run(tmp_path / f"ft{seed}", "sft", seed, 10.0 * seed, ["method=sft", f"seed={seed}",
+            f"student.path=/study/students/jt_seed{seed}/model"]) for seed in range(3)]
+    _, rows = aggregate(runs, None, "sft")
+    assert len(rows) == 1 and rows[0]["seeds"] == 3 and rows[0]["method"] == "sft"
+    # Another starting point for the same seeds is another experiment, never merged with them.
+    other = [fake_run(tmp_path / f"o{seed}", "sft", seed, 0.0, ["method=sft", f"seed={seed}",
+             "student.path=/elsewhere/model"]) for seed in range(2)]
+    _, rows = aggregate(runs[:2] + other, None, "sft")
+    elsewhere = [r for r in rows if r["method"] == "sft [student.path=/elsewhere/model]"]
+    assert len(elsewhere) == 1 and elsewhere[0]["seeds"] == 2 and elsewhere[0]["sqlgen EX"].mean == 0.0
+
+
 def test_runs_of_one_seed_that_nothing_tells_apart_are_never_averaged(tmp_path):
     """Two runs started from Python (no overrides), same method, data and seed: not two seeds."""
     runs = [fake_run(tmp_path / "x" / "one", "sft", 0, 10.0, []), fake_run(tmp_path / "y" / "two", "sft", 0, 30.0, [])]

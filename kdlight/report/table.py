@@ -84,6 +84,7 @@ def row_keys(runs: list[dict]) -> list[tuple]:
     base = [(r.get("label") or r["method"], r.get("stage", "student"), r["model"], r.get("teacher") or "-")
             for r in runs]
     relevant = [frozenset(o for o in r.get("overrides", []) if _distinguishes(o)) for r in runs]
+    relevant = _without_seed_derived(base, runs, relevant)
     common: dict[tuple, frozenset] = {}  # per (base key, data): a data set's own settings are columns
     for key, run, overrides in zip(base, runs, relevant):
         where = (key, run["data"])
@@ -91,6 +92,22 @@ def row_keys(runs: list[dict]) -> list[tuple]:
     keys = [(*key, tuple(sorted(overrides - common[(key, run["data"])])))
             for key, run, overrides in zip(base, runs, relevant)]
     return _apart_same_seed(keys, runs)
+
+
+def _without_seed_derived(base: list[tuple], runs: list[dict], relevant: list[frozenset]) -> list[frozenset]:
+    """Drop overrides whose value follows the seed within a row (e.g. a study stage that starts from
+    the same-seed job of an earlier stage: `student.path=.../joint_teaching_seed1/model`): they
+    name where each seed's run started, not another experiment."""
+    values: dict[tuple, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for key, run, overrides in zip(base, runs, relevant):
+        for override in overrides:
+            name, _, value = override.partition("=")
+            values[(key, run["data"], name)][run["seed"]].add(value)
+    derived = {where for where, by_seed in values.items()
+               if len(by_seed) > 1 and all(len(v) == 1 for v in by_seed.values())
+               and len(set().union(*by_seed.values())) == len(by_seed)}
+    return [frozenset(o for o in overrides if (key, run["data"], o.partition("=")[0]) not in derived)
+            for key, run, overrides in zip(base, runs, relevant)]
 
 
 def _apart_same_seed(keys: list[tuple], runs: list[dict]) -> list[tuple]:
