@@ -231,7 +231,7 @@ def test_a_black_box_teachers_text_file_drives_seqkd_and_missing_prompts_are_an_
         stored.distributions(next(iter(datamodule.train_dataloader())), len(tokenizer))
     file.write_text("".join(json.dumps({"prompt": p.text, "output": "x"}) + "\n" for p in prompts[:-1]))
     partial_store = StoredTeacher(TargetStore.load(file, encode), str(file))
-    with pytest.raises(KeyError, match=f"no outputs for 1 of {N_TRAIN} training prompts"):
+    with pytest.raises(KeyError, match=f"no outputs for 1 of {N_TRAIN} prompts"):
         partial_store.outputs(PrepareContext(prompts, partial_store, tokenizer, len(tokenizer)), greedy())
     file.write_text('{"prompt": "a"}\n')
     with pytest.raises(ValueError, match="gpt.jsonl: line 1 has no 'output'"):
