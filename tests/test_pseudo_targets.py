@@ -5,6 +5,7 @@ training steps of each method with causal and seq2seq students."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from functools import partial
 
 import pytest
@@ -331,3 +332,24 @@ def test_students_train_a_few_steps(jsonl_files, tokenizer, tmp_path, family, na
     changed = [k for k, v in student.state_dict().items() if not torch.equal(v, before[k])]
     assert changed  # the student learnt
     assert all(torch.isfinite(v).all() for v in student.state_dict().values())
+
+
+@dataclass
+class EpochsSeen(PseudoTargets):
+    """The real source, noting the epoch the loop gives it at each step."""
+
+    seen: list[int] = field(default_factory=list)
+
+    def sequences(self, gold, ctx):
+        self.seen.append(ctx.epoch)
+        return super().sequences(gold, ctx)
+
+
+def test_the_loop_gives_the_source_each_steps_epoch(jsonl_files, tokenizer, tmp_path):
+    dm = datamodule(jsonl_files, tokenizer)  # 16 items, batches of 4: 4 steps per epoch
+    source = EpochsSeen(str(tmp_path / "cache"), sampling())
+    module = DistillationModule(tiny_model(tokenizer, seed=0), Method("pt", source, ForwardKL(), ce_weight=0.0),
+                                tokenizer, len(tokenizer), partial(torch.optim.AdamW, lr=1e-3),
+                                LoopOptions(warmup_steps=1), tiny_model(tokenizer, seed=1))
+    cpu_trainer(tmp_path / "run", 10, limit_val_batches=0).fit(module, datamodule=dm)
+    assert source.seen == [0] * 4 + [1] * 4 + [2] * 2

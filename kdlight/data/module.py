@@ -7,7 +7,8 @@ What it does for every task family alike:
 - tokenises prompts (BOS first; an over-long prompt loses its start, which keeps the question at
   the end) and targets (EOS last; cut to the maximum), counting and logging every cut;
 - serves the training loader (labeled examples; with `gold_pairs_and_inputs` each distinct labeled
-  input once more without a target; then unlabeled inputs when the method can use them) in a seeded per-epoch order, sharded by rank and resumable mid-epoch
+  input once more without a target; then unlabeled inputs when the method can use them) in a
+  seeded per-epoch order, sharded by rank and resumable mid-epoch
   (`kdlight.data.sampler`), and one evaluation loader per evaluation set;
 - gives sources that precompute targets every training prompt (`train_prompts`).
 

@@ -75,6 +75,11 @@ def has_tokenizer(path: str | Path | None) -> bool:
     return path.is_file() if path.suffix == ".gguf" else (path / "tokenizer_config.json").exists()
 
 
+
+def saved_tokenizer(path: str | Path | None) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved with a model at `path`, or None (a random-init model has none)."""
+    return load_tokenizer(path) if has_tokenizer(path) else None
+
 def describe(tokenizer: PreTrainedTokenizerBase) -> str:
     return f"{tokenizer.name_or_path or type(tokenizer).__name__} ({len(tokenizer)} tokens)"
 

@@ -4,7 +4,9 @@ SeqKD (Kim & Rush, EMNLP 2016) trains the student on the teacher's decoded outpu
 gold targets. Pseudo-target training (Calderon et al., ACL 2023, "A Systematic Study of Knowledge
 Distillation for Natural Language Generation with Pseudo-Target Training") keeps the gold pairs
 and adds K teacher outputs (pseudo-targets, PTs) per input, labeled and unlabeled: epoch e trains
-on every gold pair and on the (e mod K)-th PT of every input, so each epoch sees other PTs. Decoding the whole training set costs as much as several epochs of training, and
+on every gold pair and on the (e mod K)-th PT of every input, so each epoch sees other PTs.
+
+Decoding the whole training set costs as much as several epochs of training, and
 every student of a sweep that shares the teacher needs the same outputs, so the teacher produces
 them once, before the first step: a live teacher decodes them and caches them on disk (keyed by
 its checkpoint, the prompts and the decoding settings; `kdlight.training.teacher.LiveTeacher`), a

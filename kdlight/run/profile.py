@@ -52,7 +52,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdlight.data.batch import Batch, collate
 from kdlight.data.module import DataSpec, Encoded, TaskDataModule
-from kdlight.data.tokenizer import TokenizerSpec, has_tokenizer, load_tokenizer, resolve_tokenizer
+from kdlight.data.tokenizer import TokenizerSpec, has_tokenizer, resolve_tokenizer, saved_tokenizer
 from kdlight.io import write_atomic, write_json
 from kdlight.models.build import ModelSpec, build_model, count_parameters
 from kdlight.models.decoding import generate
@@ -193,7 +193,7 @@ def profile(run: ProfileRun, out: str | Path) -> list[dict]:
         torch.set_num_threads(run.threads)
     items, tokenizer = _inputs(run, out)
     models = _build(run, tokenizer, device)
-    vocab = shared_vocab_size(tokenizer, [ModelVocab(p.role, p.model, _own_tokenizer(p.spec)) for p in models])
+    vocab = shared_vocab_size(tokenizer, [ModelVocab(p.role, p.model, saved_tokenizer(p.spec.weights)) for p in models])
     decoding = run.data.decoding
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
@@ -260,10 +260,6 @@ def _build(run: ProfileRun, tokenizer: PreTrainedTokenizerBase, device: torch.de
         log.info(f"{role} {spec.name}: {count_parameters(model):,} parameters, {next(model.parameters()).dtype}")
         models.append(_Profiled(role, spec, model))
     return models
-
-
-def _own_tokenizer(spec: ModelSpec) -> PreTrainedTokenizerBase | None:
-    return load_tokenizer(spec.weights) if has_tokenizer(spec.weights) else None
 
 
 def _batch(items: list[Encoded], start: int, size: int, pad_id: int) -> Batch:

@@ -23,7 +23,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdlight.data.module import TaskDataModule, target_ids
-from kdlight.data.tokenizer import has_tokenizer, load_tokenizer, resolve_tokenizer
+from kdlight.data.tokenizer import resolve_tokenizer, saved_tokenizer
 from kdlight.io import read_json, write_json
 from kdlight.methods.base import PrepareContext
 from kdlight.models.build import ModelSpec, build_model, count_parameters, save_model
@@ -254,12 +254,9 @@ def _validate_on_teacher_outputs(datamodule: TaskDataModule, teacher: Teacher | 
 def _shared_vocab(run: Run, tokenizer: PreTrainedTokenizerBase, student: PreTrainedModel,
                   teacher_spec: ModelSpec | StoredTeacherSpec | None, teacher: Teacher | None) -> int:
     """The vocabulary teacher and student share (a mask token is added first if the method needs one)."""
-    def own(path: str | None):
-        return load_tokenizer(path) if has_tokenizer(path) else None
-
-    entries = [ModelVocab(run.stage, student, own(run.student.weights))]
+    entries = [ModelVocab(run.stage, student, saved_tokenizer(run.student.weights))]
     if isinstance(teacher, LiveTeacher):
-        entries.append(ModelVocab("teacher", teacher.model, own(teacher_spec.weights)))
+        entries.append(ModelVocab("teacher", teacher.model, saved_tokenizer(teacher_spec.weights)))
     vocab_size = shared_vocab_size(tokenizer, entries)
     if isinstance(teacher, StoredTeacher) and teacher.store.vocab_size not in (None, vocab_size):
         raise VocabularyMismatch(f"the stored teacher outputs ({teacher.path}) use a {teacher.store.vocab_size}-token "

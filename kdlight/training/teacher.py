@@ -83,8 +83,10 @@ class LiveTeacher(Teacher):
             raise ValueError(f"teacher placement must be one of {PLACEMENTS}, got '{placement}'")
         if dropout and not dropout_rates(model):
             raise ValueError(f"noisy KD runs the teacher with dropout on, but this teacher ({type(model).__name__}) has "
-                             "none, so it would be plain KD: give it some, e.g. teacher.config.dropout_rate=0.1 (T5), "
-                             "teacher.config.attention_dropout=0.1 (Llama, Qwen2), teacher.config.resid_pdrop=0.1 (GPT-2)")
+                             "none, so it would be plain KD: a saved teacher keeps the dropout it was trained with "
+                             "(train it with e.g. teacher.config.dropout_rate=0.1 for T5, "
+                             "teacher.config.attention_dropout=0.1 for Llama/Qwen2); a random-init teacher takes "
+                             "those settings directly")
         model.requires_grad_(False)
         model.eval()
         self.model, self.placement, self.dropout, self.sharded = model, placement, dropout, False
