@@ -247,19 +247,15 @@ class TaskDataModule(L.LightningDataModule):
         if not examples:
             return []
         tok, spec = self.tokenizer, self.spec
-        prompts = tok([e.prompt for e in examples], add_special_tokens=False)["input_ids"]
+        prompts, cut_p = encode_prompts(tok, [e.prompt for e in examples], spec.max_prompt_tokens)
         labeled = [e.target for e in examples if e.target is not None]
         targets = iter(tok(labeled, add_special_tokens=False)["input_ids"] if labeled else [])
         targets = [next(targets) if e.target is not None else None for e in examples]
-        bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
-        room = spec.max_prompt_tokens - len(bos)
-        cut_p = sum(len(p) > room for p in prompts)
         cut_t = sum(t is not None and len(t) + 1 > spec.max_target_tokens for t in targets)
         if cut_p or cut_t:
             log.warning(f"{name}: {cut_p} of {len(examples)} prompts cut to {spec.max_prompt_tokens} tokens (their "
                         f"start dropped), {cut_t} targets cut to {spec.max_target_tokens} tokens")
-        return [(bos + p[len(p) - room:] if len(p) > room else bos + p,
-                 None if t is None else target_ids(t, spec.max_target_tokens, tok.eos_token_id), i)
+        return [(p, None if t is None else target_ids(t, spec.max_target_tokens, tok.eos_token_id), i)
                 for i, (p, t) in enumerate(zip(prompts, targets))]
 
     def training_items(self) -> list[Example]:
@@ -325,6 +321,15 @@ def _own_generator(seed: int) -> torch.Generator:
     iterators at other times than an uninterrupted one: the global draws of a method (student
     sampling) would shift."""
     return torch.Generator().manual_seed(seed)
+
+
+def encode_prompts(tokenizer: PreTrainedTokenizerBase, texts: list[str], max_tokens: int) -> tuple[list[list[int]], int]:
+    """Prompts' token ids as the models see them (BOS first, if the tokenizer has one; an over-long
+    prompt loses its start, which keeps a question at the end), and how many were cut."""
+    ids = tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    room = max_tokens - len(bos)
+    return [bos + p[len(p) - room:] if len(p) > room else bos + p for p in ids], sum(len(p) > room for p in ids)
 
 
 def target_ids(ids: list[int], max_tokens: int, eos_id: int) -> list[int]:
