@@ -23,8 +23,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from kdlight.config.build import build_run
+from kdlight.config.build import build_budgeted, build_run
 from kdlight.io import FAILURE_FILE, write_atomic
+from kdlight.pipelines.baldistill import distill_under_budget
 from kdlight.run.train import train as train_run
 from kdlight.training.teacher_store import publish_teacher, stored_teacher
 
@@ -68,7 +69,10 @@ def train(cfg: DictConfig) -> dict:
     output_dir = Path(cfg.paths.output_dir)
     failed = True
     try:
-        result = train_run(build_run(cfg), output_dir)
+        if cfg.get("policy") is not None:  # budgeted distillation: stages of runs in this folder
+            result = distill_under_budget(build_budgeted(cfg), output_dir)
+        else:
+            result = train_run(build_run(cfg), output_dir)
         if cfg.stage == "teacher" and result.metrics and not result.reused:  # metrics only on rank 0
             store = publish_teacher(output_dir / "model", stored_teacher(cfg.paths.teachers_dir, cfg.data_name,
                                                                          result.metrics["model"]))

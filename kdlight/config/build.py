@@ -7,15 +7,22 @@ composition (Hydra's struct mode); a wrong value fails when its component is bui
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
+from kdlight.eval.answers import parse_answer
 from kdlight.models.build import ModelSpec
+from kdlight.models.decoding import Decoding
+from kdlight.pipelines.baldistill import BudgetedDistillation
+from kdlight.selection.annotators import LocalTeacherDecoder, ModelAnnotator, StoredAnnotator
 from kdlight.run.evaluate import EvalRun
 from kdlight.run.spec import Run
+from kdlight.tasks.longtail.task import LongTailTask
 from kdlight.training.teacher import StoredTeacherSpec
 from kdlight.training.teacher_store import require_stored_teacher, stored_teacher
 
@@ -52,6 +59,32 @@ def build_run(cfg: DictConfig) -> Run:
         stage=cfg.stage,
         config=resolved(cfg),
     )
+
+
+def build_budgeted(cfg: DictConfig) -> BudgetedDistillation:
+    """The budgeted distillation a `kdlight-train policy=<name>` config describes: the policy, every
+    stage's training run (`build_run`), and the teacher that annotates (stored rationales named by
+    `rationales=<name>`, else the saved model `teacher.path`)."""
+    policy = instantiate(cfg.policy)
+    run = replace(build_run(cfg), label=cfg.label or policy.name)
+    task = run.data.task
+    if not isinstance(task, LongTailTask):
+        raise ValueError(f"policy={policy.name} selects examples by domain from a long-tail task (data=ltgen, r52, math, "
+                         f"mcqa, gsm8k), got data={cfg.data_name} ({type(task).__name__})")
+    annotator = None
+    if policy.needs_teacher and cfg.get("rationales"):
+        annotator = StoredAnnotator(instantiate(cfg.rationales, _convert_="object"))
+    elif policy.needs_teacher:
+        teacher = instantiate(cfg.teacher)
+        if not isinstance(teacher, ModelSpec) or teacher.path is None:
+            raise ValueError(f"policy={policy.name} needs a teacher that writes rationales: a trained model "
+                             "(teacher.path=<teacher run>/model) or stored outputs (rationales=<name>, conf/rationales/)")
+        decoder = LocalTeacherDecoder(teacher, run.data.max_prompt_tokens, run.data.max_target_tokens,
+                                      run.data.eval_batch_size)
+        parse = partial(parse_answer, kind=task.kind, labels=task.source.labels())
+        annotator = ModelAnnotator(decoder, task.format_prompt, parse, name=teacher.name,
+                                   synthesis=Decoding(strategy="sample", max_new_tokens=run.data.max_prompt_tokens))
+    return BudgetedDistillation(run, policy, annotator)
 
 
 def build_eval(cfg: DictConfig) -> EvalRun:

@@ -3,7 +3,7 @@
 A budget of B examples is spent over K stages, B/K per stage (`stage_budgets`: integers that sum
 to B exactly, earlier stages taking the remainder). Within a stage, a policy with quotas shares the
 stage's budget over the l domains (`domain_shares`), and `apportion` turns the shares into whole
-numbers that sum to the stage budget exactly (largest remainders):
+numbers that sum to the stage budget exactly (largest remainders, ties in a seeded order):
 
 - `naive` (BalDistill-N): uniform, 1/l per domain;
 - `adaptive` (BalDistill-A): n_d/N · (1 - w_i) + 1/l · w_i, from the pool's natural distribution
@@ -20,7 +20,7 @@ what is left of it.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 QUOTAS = ("none", "naive", "adaptive", "natural")
 STAGE_INDEXING = ("authors", "uniform_last")
@@ -66,10 +66,13 @@ def domain_shares(kind: str, pool_sizes: Mapping[str, int], stage: int, stages: 
     raise ValueError(f"policy.quotas must be one of {QUOTAS[1:]} for per-domain shares, got '{kind}'")
 
 
-def apportion(total: int, shares: Mapping[str, float]) -> dict[str, int]:
+def apportion(total: int, shares: Mapping[str, float], ties: Sequence[str] | None = None) -> dict[str, int]:
     """Whole numbers proportional to `shares` that sum to `total` exactly: each domain gets the
-    floor of its exact amount, and the remaining units go to the largest remainders (ties: by
-    domain name, so the result never depends on dictionary order)."""
+    floor of its exact amount, and the remaining units go to the largest remainders. Equal
+    remainders are broken in the order `ties` (default: by domain name; the pipeline passes a
+    seeded order per stage, so that with uniform shares the same domains do not get the extra unit
+    in every stage)."""
+    rank = {d: k for k, d in enumerate(ties if ties is not None else sorted(shares))}
     if total < 0:
         raise ValueError(f"cannot apportion a negative amount ({total})")
     weight = sum(shares.values())
@@ -78,6 +81,6 @@ def apportion(total: int, shares: Mapping[str, float]) -> dict[str, int]:
     exact = {d: total * s / weight for d, s in shares.items()}
     counts = {d: math.floor(x + 1e-9) for d, x in exact.items()}
     left = total - sum(counts.values())
-    for d in sorted(exact, key=lambda d: (-(exact[d] - counts[d]), d))[:left]:
+    for d in sorted(exact, key=lambda d: (-round(exact[d] - counts[d], 9), rank[d]))[:left]:
         counts[d] += 1
     return counts
