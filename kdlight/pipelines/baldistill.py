@@ -175,7 +175,7 @@ def distill_under_budget(job: BudgetedDistillation, out: str | Path) -> RunResul
         last = stage == len(budgets) - 1
         next_uses_student = policy.rank == "ifd" and not last
         if last or next_uses_student or policy.train_every_stage:
-            result = _train_stage(run, task, selections, stage, last, out)
+            result = _train_stage(run, task, selections, stage, last, policy.train_every_stage, out)
             model_dir = result.model_dir
     assert result is not None
     metrics = {**result.metrics, "label": policy.name, "policy": policy.name, "budget": policy.budget,
@@ -333,14 +333,24 @@ class _Selector:
         return items
 
 
+# A student trained only for the next stage's IFD is scored on this many evaluation examples (a
+# sanity check in its metrics.json, not a result): decoding the whole test split once per stage
+# would cost more than the training. `policy.train_every_stage=true` scores every stage fully.
+INTERMEDIATE_EVAL = 32
+
+
 def _train_stage(run: Run, task: Task, selections: Sequence[StageSelection], stage: int, last: bool,
-                 out: Path) -> RunResult:
-    """A fresh student from the base, trained on everything bought so far (dropped items aside)."""
+                 every_stage: bool, out: Path) -> RunResult:
+    """A fresh student from the base, trained on everything bought so far (dropped items aside),
+    scored on the whole evaluation split if it is the last stage's or `every_stage`; only the last
+    stage's run logs to the run's logger (one curve per run)."""
     items = [i for s in selections for i in s.items if not i.dropped]
     examples = [task.example(LongTailRecord(i.id, i.text, i.answer, i.domain), target=i.target) for i in items]
     log.info(f"stage {stage}: training a fresh student on {len(examples)} examples")
-    stage_run = replace(run, data=replace(run.data, task=SelectedTask(task, examples)), skip_finished=True,
-                        logger=run.logger if last else None)
+    scored = last or every_stage
+    limit = run.data.limit_eval if scored else min(run.data.limit_eval or INTERMEDIATE_EVAL, INTERMEDIATE_EVAL)
+    data = replace(run.data, task=SelectedTask(task, examples), limit_eval=limit)
+    stage_run = replace(run, data=data, skip_finished=True, logger=run.logger if last else None)
     return train(stage_run, out / "stages" / str(stage) / "train")
 
 

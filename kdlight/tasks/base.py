@@ -9,6 +9,8 @@ family is one `Task` subclass, one `Scorer` (kdlight/eval) and a YAML in `conf/d
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from kdlight.data.example import Example
 from kdlight.eval.scorer import Scorer
@@ -44,3 +46,15 @@ class Task(ABC):
     def check_split(self, split: str) -> None:
         if split not in SPLITS:
             raise ValueError(f"{self.describe()}: unknown split '{split}'; expected one of {SPLITS}")
+
+
+def check_unique_ids(splits: Mapping[str, Sequence[Any]], where: str) -> None:
+    """Raise if a record's `id` repeats within a split: predictions and teacher outputs are joined
+    on ids."""
+    for name, records in splits.items():
+        seen: set[str] = set()
+        for record in records:
+            if record.id in seen:
+                raise ValueError(f"{where}: id {record.id!r} is used twice in split '{name}'; predictions and teacher "
+                                 "outputs are joined on ids")
+            seen.add(record.id)

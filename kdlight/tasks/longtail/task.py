@@ -14,7 +14,7 @@ from __future__ import annotations
 from kdlight.data.example import Example
 from kdlight.eval.answers import KINDS, AnswerAccuracyScorer, LabelF1Scorer
 from kdlight.eval.scorer import Scorer
-from kdlight.tasks.base import Task
+from kdlight.tasks.base import Task, check_unique_ids
 from kdlight.tasks.longtail.record import LongTailRecord, LongTailSource, answer_target
 from kdlight.tasks.longtail.teacher import teacher_examples
 from kdlight.tasks.nlg.sources import first_words
@@ -89,13 +89,7 @@ class LongTailTask(Task):
     def _read(self) -> dict[str, list[LongTailRecord]]:
         if self._splits is None:
             splits = self.source.splits()
-            for name, records in splits.items():
-                seen: set[str] = set()
-                for record in records:
-                    if record.id in seen:
-                        raise ValueError(f"{self.source.describe()}: id {record.id!r} is used twice in split "
-                                         f"'{name}'; predictions and teacher outputs are joined on ids")
-                    seen.add(record.id)
+            check_unique_ids(splits, self.source.describe())
             self._splits = splits
         return self._splits
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from kdlight.data.example import Example
 from kdlight.eval.nlg import NlgScorer
-from kdlight.tasks.base import Task
+from kdlight.tasks.base import Task, check_unique_ids
 
 
 @dataclass(frozen=True)
@@ -106,13 +106,7 @@ class NlgTask(Task):
     def _read(self) -> dict[str, list[NlgRecord]]:
         if self._splits is None:
             splits = self.source.splits()
-            for name, records in splits.items():
-                seen: set[str] = set()
-                for record in records:
-                    if record.id in seen:
-                        raise ValueError(f"{self.source.describe()}: id {record.id!r} is used twice in split "
-                                         f"'{name}'; predictions and teacher outputs are joined on ids")
-                    seen.add(record.id)
+            check_unique_ids(splits, self.source.describe())
             self._splits = splits
         return self._splits
 
