@@ -122,8 +122,11 @@ def test_no_policy_spends_more_than_its_budget_and_every_unit_is_accounted_for(n
         assert all(i.target.endswith(f"The answer is {i.teacher_answer}.") for i in chosen if i.origin == "real")
     assert {"eval/acc_macro", "eval/acc_micro", "eval/acc_head", "eval/acc_tail"} <= set(result.metrics)
     assert result.metrics["head_domains"] == ["last_digit", "next"]  # 20 and 80 >= B/l = 10; the others < 10
-    trained = [p.name for p in sorted((tmp_path / "run" / "stages").glob("*/train"))]
-    assert len(trained) == (3 if POLICIES[name]["rank"] == "ifd" else 1)  # IFD needs each stage's student
+    trained = [p.parent.name for p in sorted((tmp_path / "run" / "stages").glob("*/train"))]
+    assert trained == (["0", "1", "2"] if POLICIES[name]["rank"] == "ifd" else ["2"])  # IFD needs each stage's student
+    # The run's model/ is the last stage's student.
+    assert (tmp_path / "run" / "model").resolve() == (tmp_path / "run" / "stages" / "2" / "train" / "model").resolve()
+    assert (tmp_path / "run" / "model" / "config.json").exists()
 
 
 def test_synthesis_and_duplication_fill_the_same_tail_quotas_and_only_synthesis_is_charged(tmp_path):
@@ -189,6 +192,15 @@ def test_a_pool_text_outside_the_stored_teacher_is_an_error_naming_the_store(tmp
     policy = Policy("random_cot", budget=60, stages=1, quotas="none", rank="random", tail_fill="none")
     with pytest.raises(KeyError, match="no stored teacher output for the text .*rationales.jsonl"):
         distill_under_budget(BudgetedDistillation(tiny_run(task), policy, annotator), tmp_path / "run")
+
+
+def test_zero_shot_scores_the_base_student_and_spends_nothing(tmp_path):
+    task = ltgen()
+    policy = Policy("zero_shot", budget=0, quotas="none", rank="random", tail_fill="none", targets="none")
+    result = distill_under_budget(BudgetedDistillation(tiny_run(task), policy), tmp_path / "run")
+    assert result.metrics["budget"] == 0 and result.metrics["steps"] == 0 and result.metrics["label"] == "zero_shot"
+    assert result.metrics["eval/acc_macro"] == 0.0 and len(read_json(tmp_path / "run" / "metrics.json")) > 5
+    assert not (tmp_path / "run" / "stages").exists() and (tmp_path / "run" / "predictions.jsonl").exists()
 
 
 def test_policy_settings_that_cannot_work_are_refused():

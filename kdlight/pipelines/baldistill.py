@@ -145,7 +145,8 @@ def distill_under_budget(job: BudgetedDistillation, out: str | Path) -> RunResul
     """Run every stage (resuming a killed run where it stopped); the final student's result."""
     out, run, policy = Path(out), job.run, job.policy
     if run.skip_finished and (out / "metrics.json").exists():
-        return RunResult(read_json(out / "metrics.json"), out, out / "model", reused=True)
+        return RunResult(read_json(out / "metrics.json"), out, out / "model" if policy.targets != "none" else None,
+                         reused=True)
     if policy.targets == "none":
         return _zero_shot(job, out)
     if policy.needs_teacher and job.annotator is None:
@@ -178,12 +179,13 @@ def distill_under_budget(job: BudgetedDistillation, out: str | Path) -> RunResul
             result = _train_stage(run, task, selections, stage, last, policy.train_every_stage, out)
             model_dir = result.model_dir
     assert result is not None
-    metrics = {**result.metrics, "label": policy.name, "policy": policy.name, "budget": policy.budget,
+    _link_final_model(out, result.model_dir)
+    metrics = {**result.metrics, "label": run.label or policy.name, "policy": policy.name, "budget": policy.budget,
                "stages": policy.stages, "annotator": job.annotator.describe() if job.annotator else None,
                **{f"ledger/{k}": v for k, v in ledger_totals(selections).items()},
                **head_tail(result.metrics, pool, policy.budget, task.scorer())}
     write_json(out / "metrics.json", metrics)
-    return RunResult(metrics, out, result.model_dir)
+    return RunResult(metrics, out, out / "model")
 
 
 class _Selector:
@@ -241,9 +243,9 @@ class _Selector:
         if torch.cuda.is_available() and self.job.run.trainer.get("accelerator") != "cpu":
             model.cuda()
         prompts, _ = encode_prompts(tokenizer, [self.task.example(r).prompt for r in records], data.max_prompt_tokens)
-        size = data.eval_batch_size
-        batches = (collate(prompts[i:i + size], [None] * len(prompts[i:i + size]), list(range(i, i + len(prompts[i:i + size]))),
-                           tokenizer.pad_token_id) for i in range(0, len(prompts), size))
+        chunks = [range(i, min(i + data.eval_batch_size, len(prompts))) for i in range(0, len(prompts), data.eval_batch_size)]
+        batches = (collate([prompts[i] for i in chunk], [None] * len(chunk), list(chunk), tokenizer.pad_token_id)
+                   for chunk in chunks)
         start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
         scores = ifd_scores(model, batches, data.decoding.max_new_tokens, start, tokenizer.eos_token_id,
                             tokenizer.pad_token_id, vocab_size)
@@ -394,7 +396,8 @@ def _zero_shot(job: BudgetedDistillation, out: Path) -> RunResult:
     """The base student scored as it is (`kdlight.run.evaluate`, what kdlight-eval runs)."""
     run = job.run
     result = evaluate(EvalRun(data=run.data, model=run.student, benchmarks=run.benchmarks, tokenizer=run.tokenizer,
-                              seed=run.seed, threads=run.threads, data_name=run.data_name, label=job.policy.name), out)
+                              seed=run.seed, threads=run.threads, data_name=run.data_name,
+                              label=run.label or job.policy.name), out)
     metrics = {**result.metrics, "policy": job.policy.name, "budget": 0,
                **head_tail(result.metrics, run.data.task.records("train"), max(job.policy.budget, 1),
                            run.data.task.scorer())}
@@ -414,6 +417,15 @@ def _one_tokenizer(run: Run, task: Task, out: Path) -> TokenizerSpec:
             resolve_tokenizer(run.tokenizer, [], [e.prompt for e in examples] + [e.target or "" for e in examples],
                               staging)
     return replace(run.tokenizer, path=str(folder))
+
+
+def _link_final_model(out: Path, model_dir: Path) -> None:
+    """`out/model`: the last stage's saved student, where every run keeps its model (a later run's
+    `student.path`, a study's `{stage}/model`); a relative link, not a copy."""
+    link = out / "model"
+    if link.is_symlink() or link.exists():
+        link.unlink()
+    link.symlink_to(model_dir.relative_to(out), target_is_directory=True)
 
 
 def _settings(job: BudgetedDistillation) -> dict:
