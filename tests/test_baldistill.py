@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -184,6 +185,46 @@ def test_dropped_rationales_are_charged_but_not_trained_on(tmp_path):
     assert plain["ledger/dropped"] == 0 and not any(i.dropped for i in items)
     # Kept wrong rationales are trained on as the teacher wrote them, its wrong answer included.
     assert any(i.target.endswith(f"The answer is {i.teacher_answer}.") and i.teacher_answer != i.answer for i in items)
+
+
+def test_ifd_ranking_buys_distinct_texts_and_a_resumed_stage_uses_the_saved_scores(tmp_path):
+    task = ltgen()  # the pool repeats texts (its digit rules have few inputs)
+    policy = Policy("active", budget=60, stages=3, quotas="none", rank="ifd", tail_fill="none")
+    job = BudgetedDistillation(tiny_run(task), policy, stored_teacher(task, tmp_path / "t"))
+    distill_under_budget(job, tmp_path / "run")
+    stages = selections(tmp_path / "run")
+    for stage in stages[1:]:
+        texts = [i.text for i in stage.items]
+        assert len(set(texts)) == len(texts) == 20  # copies of a text share a score: never two in a stage
+        assert all(i.ifd is not None for i in stage.items)
+    # A stage selected again (killed before its selection was saved) ranks by the saved scores.
+    scores = read_json(tmp_path / "run" / "stages" / "1" / "ifd.json")
+    (tmp_path / "run" / "stages" / "1" / "ifd.json").write_text(json.dumps({k: -v for k, v in scores.items()}))
+    for leftover in ("stages/1/selection.json", "stages/2", "metrics.json"):
+        path = tmp_path / "run" / leftover
+        path.unlink() if path.is_file() else shutil.rmtree(path)
+    distill_under_budget(job, tmp_path / "run")
+    again = selections(tmp_path / "run")[1]
+    chosen = {i.id for i in again.items}
+    assert chosen != {i.id for i in stages[1].items}
+    assert all(i.ifd == -scores[i.id] for i in again.items)
+
+
+def test_duplicates_repeat_only_kept_examples_and_a_folder_of_other_settings_is_refused(tmp_path):
+    task = ltgen()
+    policy = Policy("duplicate", budget=60, stages=3, quotas="naive", rank="random", tail_fill="duplicate",
+                    drop_wrong=True)
+    job = BudgetedDistillation(tiny_run(task), policy, stored_teacher(task, tmp_path / "t", wrong_every=2))
+    distill_under_budget(job, tmp_path / "run")
+    items = [i for s in selections(tmp_path / "run") for i in s.items]
+    kept = {i.id for i in items if not i.dropped and i.origin != "duplicate"}
+    duplicates = [i for i in items if i.origin == "duplicate"]
+    assert duplicates and all(not i.dropped and i.id.split("#dup")[0] in kept for i in duplicates)
+    assert any(i.dropped for i in items)  # half the teacher's answers are wrong
+    for row in read_json(tmp_path / "run" / "ledger.json")["rows"]:
+        assert row["dropped"] <= row["charged"]
+    with pytest.raises(ValueError, match="other settings \\(budget: 60 there, 90 now\\)"):
+        distill_under_budget(replace(job, policy=replace(policy, budget=90)), tmp_path / "run")
 
 
 def test_a_pool_text_outside_the_stored_teacher_is_an_error_naming_the_store(tmp_path):

@@ -191,3 +191,28 @@ def test_a_study_orders_columns_as_it_lists_its_jobs_and_a_losses_only_report_pl
     assert "| sqlgen val/ce | alpha val/ce |" in losses
     assert (tmp_path / "losses" / "report.png").read_bytes()[:4] == b"\x89PNG"
     assert not [w for w in recwarn if "No artists with labels" in str(w.message)]  # the losses are plotted
+
+
+def test_paired_tests_pair_rows_of_the_same_setting_only(tmp_path):
+    """Runs of one label split into rows by a setting (two budgets) pair with the other label's runs
+    of the same setting, never across settings; each setting is its own test."""
+    from kdlight.report.paired import paired_table
+
+    runs = []
+    for label, right in (("a", [True, True, False, True]), ("b", [False, True, False, False])):
+        for budget in (120, 240):
+            for seed in (0, 1):
+                folder = tmp_path / f"{label}_{budget}_{seed}"
+                folder.mkdir()
+                outcome = right if budget == 120 else [not r for r in right]
+                (folder / "predictions.jsonl").write_text(
+                    "".join(json.dumps({"index": i, "ex": r}) + "\n" for i, r in enumerate(outcome)))
+                run = fake_run(folder, label, seed, 0.0, [f"policy={label}", f"policy.budget={budget}", f"seed={seed}"])
+                run["benchmarks"][0]["predictions"] = "predictions.jsonl"
+                runs.append(run)
+    rows = paired_table(runs, [("a", "b")])
+    assert [(r["benchmark"], r["seeds"], r["test"].n) for r in rows] == [
+        ("sqlgen [policy.budget=120]", 2, 8), ("sqlgen [policy.budget=240]", 2, 8)]
+    small, large = rows
+    assert (small["test"].only_a, small["test"].only_b) == (4, 0)  # a right where b is wrong, twice per seed
+    assert (large["test"].only_a, large["test"].only_b) == (0, 4)

@@ -11,6 +11,7 @@ from dataclasses import replace
 from functools import partial
 from typing import Any
 
+import torch
 from hydra.utils import instantiate
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
@@ -66,7 +67,13 @@ def build_budgeted(cfg: DictConfig) -> BudgetedDistillation:
     stage's training run (`build_run`), and the teacher that annotates (stored rationales named by
     `rationales=<name>`, else the saved model `teacher.path`)."""
     policy = instantiate(cfg.policy)
+    if cfg.stage != "student":
+        raise ValueError(f"policy={policy.name} trains students on what it buys; stage=teacher fine-tunes a teacher "
+                         "(without a policy)")
     run = replace(build_run(cfg), label=cfg.label or policy.name)
+    if run.method.needs_teacher:
+        raise ValueError(f"policy={policy.name}: each stage's student learns from the teacher's rationales (sequence-level "
+                         f"KD) with a method that needs no teacher model (method=sft), got method={run.method.name}")
     task = run.data.task
     if not isinstance(task, LongTailTask):
         raise ValueError(f"policy={policy.name} selects examples by domain from a long-tail task (data=ltgen, r52, math, "
@@ -75,12 +82,13 @@ def build_budgeted(cfg: DictConfig) -> BudgetedDistillation:
     if policy.needs_teacher and cfg.get("rationales"):
         annotator = StoredAnnotator(instantiate(cfg.rationales, _convert_="object"))
     elif policy.needs_teacher:
-        teacher = instantiate(cfg.teacher)
+        _, teacher = _models(cfg, needs_teacher=True)  # teacher.path, or the store's (teacher_from_store=true)
         if not isinstance(teacher, ModelSpec) or teacher.path is None:
             raise ValueError(f"policy={policy.name} needs a teacher that writes rationales: a trained model "
                              "(teacher.path=<teacher run>/model) or stored outputs (rationales=<name>, conf/rationales/)")
+        on_gpu = run.trainer.get("accelerator") != "cpu" and torch.cuda.is_available()
         decoder = LocalTeacherDecoder(teacher, run.data.max_prompt_tokens, run.data.max_target_tokens,
-                                      run.data.eval_batch_size)
+                                      run.data.eval_batch_size, device="cuda" if on_gpu else "cpu")
         parse = partial(parse_answer, kind=task.kind, labels=task.source.labels())
         annotator = ModelAnnotator(decoder, task.format_prompt, parse, name=teacher.name,
                                    synthesis=Decoding(strategy="sample", max_new_tokens=run.data.max_prompt_tokens))

@@ -48,13 +48,13 @@ from kdlight.data.example import Example
 from kdlight.data.module import encode_prompts
 from kdlight.data.tokenizer import TokenizerSpec, has_tokenizer, load_tokenizer, resolve_tokenizer
 from kdlight.eval.scorer import Scorer
-from kdlight.io import read_json, staging_dir, write_json
+from kdlight.io import read_json, staging_dir, write_atomic, write_json
 from kdlight.models.build import ModelSpec, build_model
 from kdlight.models.vocab import ModelVocab, shared_vocab_size
 from kdlight.run.evaluate import EvalRun, evaluate
 from kdlight.run.spec import Run, RunResult
 from kdlight.run.train import train
-from kdlight.selection.annotators import Annotator
+from kdlight.selection.annotators import Annotator, split_answer_line
 from kdlight.selection.ifd import ifd_scores
 from kdlight.selection.ledger import SelectedItem, StageSelection, ledger_table, ledger_totals, write_ledger
 from kdlight.selection.quotas import QUOTAS, STAGE_INDEXING, apportion, domain_shares, stage_budgets
@@ -156,6 +156,7 @@ def distill_under_budget(job: BudgetedDistillation, out: str | Path) -> RunResul
     pool = task.records("train")
     if not pool:
         raise ValueError(f"{task.describe()}: the pool (training split) is empty")
+    _check_same_settings(job, out)
     run = replace(run, tokenizer=_one_tokenizer(run, task, out))
     selector = _Selector(job, task, pool, out)
     selections: list[StageSelection] = []
@@ -180,6 +181,8 @@ def distill_under_budget(job: BudgetedDistillation, out: str | Path) -> RunResul
             model_dir = result.model_dir
     assert result is not None
     _link_final_model(out, result.model_dir)
+    for predictions in sorted(result.out.glob("predictions*.jsonl")):  # what paired tests read, as for any run
+        write_atomic(out / predictions.name, predictions.read_bytes())
     metrics = {**result.metrics, "label": run.label or policy.name, "policy": policy.name, "budget": policy.budget,
                "stages": policy.stages, "annotator": job.annotator.describe() if job.annotator else None,
                **{f"ledger/{k}": v for k, v in ledger_totals(selections).items()},
@@ -204,33 +207,48 @@ class _Selector:
         for record in left:
             by_domain[record.domain].append(record)
         pool_left = {d: len(by_domain.get(d, [])) for d in self.pool_sizes}
-        scores = self._ifd(left, model_dir) if policy.rank == "ifd" and stage > 0 else {}
+        workdir = self.out / "stages" / str(stage)
+        scores: dict[str, float] = {}
+        if policy.rank == "ifd" and stage > 0:
+            # Saved before anything is bought: a stage killed while annotating resumes on the same
+            # ranking, whatever a recomputation on other hardware would round to.
+            cached = workdir / "ifd.json"
+            scores = read_json(cached) if cached.exists() else self._ifd(left, model_dir)
+            write_json(cached, scores)
         order = {r.id: k for k, r in enumerate(self._ranked(left, scores, rng))}
         notes: list[str] = []
-        workdir = self.out / "stages" / str(stage)
         if policy.quotas == "none":
             quotas = None
             real = sorted(left, key=lambda r: order[r.id])[:budget]
             synthetic: list[LongTailRecord] = []
-            duplicates: list[tuple[LongTailRecord, int]] = []
+            repeats: dict[str, int] = {}
             unspent = budget - len(real)
         else:
             shares = domain_shares(policy.quotas, self.pool_sizes, stage, policy.stages, policy.stage_indexing)
             ties = random.Random(f"{self.job.run.seed}:{stage}:ties").sample(sorted(shares), len(shares))
             quotas = apportion(budget, shares, ties)
-            real, synthetic, duplicates, unspent = self._fill(quotas, by_domain, order, earlier, workdir, stage, notes)
+            real, synthetic, repeats, unspent = self._fill(quotas, by_domain, order, earlier, workdir, stage, notes)
+        items = self._annotate(real, synthetic, scores, workdir)
+        duplicates, unfilled = self._duplicates(repeats, items, earlier, stage, notes)
+        unspent += unfilled
         if unspent:
             notes.append(f"{unspent} of the stage's {budget} unspent: no pool, teacher or duplicate left to spend it on")
-        items = self._annotate(real, synthetic, duplicates, earlier, scores, workdir)
-        return StageSelection(stage, budget, quotas, pool_left, items, unspent, notes)
+        return StageSelection(stage, budget, quotas, pool_left, items + duplicates, unspent, notes)
 
     # -- ranking -----------------------------------------------------------------------------
     def _ranked(self, records: list[LongTailRecord], scores: dict[str, float], rng: random.Random) -> list[LongTailRecord]:
-        """Random order, then (with IFD scores) highest IFD first; ties keep the random order."""
+        """Random order, then (with IFD scores) highest IFD first, ties in the random order. Copies
+        of one input text (a pool may repeat texts) share their IFD score, so a ranking by IFD
+        takes every distinct text once before any text twice."""
         shuffled = list(records)
         rng.shuffle(shuffled)
         if scores:
-            shuffled.sort(key=lambda r: -scores[r.id])
+            copy: dict[str, int] = defaultdict(int)
+            nth = {}
+            for record in shuffled:
+                nth[record.id] = copy[record.text]
+                copy[record.text] += 1
+            shuffled.sort(key=lambda r: (nth[r.id], -scores[r.id]))
         return shuffled
 
     def _ifd(self, records: list[LongTailRecord], model_dir: Path | None) -> dict[str, float]:
@@ -255,31 +273,34 @@ class _Selector:
     # -- quotas ------------------------------------------------------------------------------
     def _fill(self, quotas: dict[str, int], by_domain: dict[str, list[LongTailRecord]], order: dict[str, int],
               earlier: Sequence[StageSelection], workdir: Path, stage: int, notes: list[str]):
-        """Real examples per quota (top of each domain's ranking), the tail filled, and whatever no
-        domain could fill given to domains that still have pool."""
+        """Real examples per quota (top of each domain's ranking), the tail filled (synthetic
+        examples; the number of repeats per domain, drawn after annotation from what is kept), and
+        whatever no domain could fill given to domains that still have pool."""
         policy = self.policy
         ranked = {d: sorted(rs, key=lambda r: order[r.id]) for d, rs in by_domain.items()}
         real: dict[str, list[LongTailRecord]] = {d: ranked.get(d, [])[:q] for d, q in quotas.items()}
         synthetic: list[LongTailRecord] = []
-        duplicates: list[tuple[LongTailRecord, int]] = []
+        repeats: dict[str, int] = {}
         used_synthetic = {i.id for s in earlier for i in s.items if i.origin == "synthetic"}
         short = 0
         for domain, quota in sorted(quotas.items()):
             missing = quota - len(real[domain])
             if missing <= 0:
                 continue
-            got: list = []
-            if policy.tail_fill == "synthesize":
-                got = self.job.annotator.synthesize(domain, missing, used_synthetic, workdir, self.job.run.seed + stage)
-                synthetic += got
-            elif policy.tail_fill == "duplicate":
-                got = self._duplicates(domain, missing, real[domain], earlier, stage)
-                duplicates += got
-            if len(got) < missing:
-                notes.append(f"{domain}: quota {quota}, {len(real[domain])} left in its pool, {len(got)} "
+            got = 0
+            if policy.tail_fill == "synthesize":  # a seed per run seed and stage (seed 1's stage 0 is not seed 0's 1)
+                new = self.job.annotator.synthesize(domain, missing, used_synthetic, workdir,
+                                                    self.job.run.seed * 1000 + stage)
+                synthetic += new
+                got = len(new)
+            elif policy.tail_fill == "duplicate" and (real[domain] or any(
+                    i.domain == domain and i.origin != "duplicate" and not i.dropped for s in earlier for i in s.items)):
+                repeats[domain] = got = missing
+            if got < missing:
+                notes.append(f"{domain}: quota {quota}, {len(real[domain])} left in its pool, {got} "
                              f"{policy.tail_fill if policy.tail_fill != 'none' else 'filled'}: "
-                             f"{missing - len(got)} passed on to other domains")
-            short += missing - len(got)
+                             f"{missing - got} passed on to other domains")
+            short += missing - got
         # Budget no domain could fill goes to domains that still have pool, in proportion to their
         # quotas (and then to anything left), so no budget is lost while examples remain.
         while short:
@@ -292,46 +313,52 @@ class _Selector:
                 n = min(n, room[domain])
                 real[domain] = ranked[domain][: len(real[domain]) + n]
                 short -= n
-        return [r for d in sorted(real) for r in real[d]], synthetic, duplicates, short
+        return [r for d in sorted(real) for r in real[d]], synthetic, repeats, short
 
-    def _duplicates(self, domain: str, n: int, fresh: list[LongTailRecord], earlier: Sequence[StageSelection],
-                    stage: int) -> list[tuple[LongTailRecord, int]]:
-        """`n` repeats of the domain's examples (this stage's and earlier kept ones), cycling
-        through them in a seeded order; none if the domain has no example at all."""
-        kept = {i.id for s in earlier for i in s.items if i.origin != "duplicate" and i.domain == domain and not i.dropped}
-        sources = [r for r in self.pool if r.id in kept] + list(fresh)
-        if not sources:
-            return []
-        random.Random(f"{self.job.run.seed}:{stage}:{domain}:dup").shuffle(sources)
-        copies = sum(1 for s in earlier for i in s.items if i.origin == "duplicate" and i.domain == domain)
-        return [(sources[k % len(sources)], copies + k) for k in range(n)]
+    def _duplicates(self, repeats: dict[str, int], items: list[SelectedItem], earlier: Sequence[StageSelection],
+                    stage: int, notes: list[str]) -> tuple[list[SelectedItem], int]:
+        """The repeats each domain asked for, of its kept examples (earlier stages' and this
+        stage's, dropped ones never), cycling through them in a seeded order; and how many could
+        not be made (every example of the domain was dropped)."""
+        duplicates, unfilled = [], 0
+        for domain, n in sorted(repeats.items()):
+            sources = [i for s in earlier for i in s.items if i.domain == domain and i.origin != "duplicate"] + \
+                      [i for i in items if i.domain == domain]
+            sources = [i for i in sources if not i.dropped]
+            if not sources:
+                unfilled += n
+                notes.append(f"{domain}: every example was dropped, nothing to repeat: {n} unspent")
+                continue
+            random.Random(f"{self.job.run.seed}:{stage}:{domain}:dup").shuffle(sources)
+            copies = sum(1 for s in earlier for i in s.items if i.origin == "duplicate" and i.domain == domain)
+            duplicates += [replace(sources[k % len(sources)], id=f"{sources[k % len(sources)].id}#dup{copies + k}",
+                                   origin="duplicate", charged=False, ifd=None) for k in range(n)]
+        return duplicates, unfilled
 
     # -- annotation --------------------------------------------------------------------------
-    def _annotate(self, real: list[LongTailRecord], synthetic: list[LongTailRecord],
-                  duplicates: list[tuple[LongTailRecord, int]], earlier: Sequence[StageSelection],
-                  scores: dict[str, float], workdir: Path) -> list[SelectedItem]:
-        policy = self.policy
+    def _annotate(self, real: list[LongTailRecord], synthetic: list[LongTailRecord], scores: dict[str, float],
+                  workdir: Path) -> list[SelectedItem]:
+        policy, words = self.policy, self.policy.max_rationale_words
         items: list[SelectedItem] = []
         if policy.targets == "rationale":
             annotations = self.job.annotator.annotate(real, workdir)
             for record, note in zip(real, annotations):
                 wrong = note.answer != record.answer
-                # The teacher's text as it is: its own answer line (wrong or not), none if it reached none.
-                target = (rationale_target(note.rationale, note.answer, policy.max_rationale_words) if note.answer
-                          else note.rationale)
-                items.append(SelectedItem(record.id, record.domain, "real", record.text, record.answer, target,
-                                          note.answer, policy.drop_wrong and wrong, True, scores.get(record.id)))
+                items.append(SelectedItem(record.id, record.domain, "real", record.text, record.answer,
+                                          teacher_target(note.rationale, note.answer, words), note.answer,
+                                          policy.drop_wrong and wrong, True, scores.get(record.id)))
         else:
             items += [SelectedItem(r.id, r.domain, "real", r.text, r.answer, answer_target(r.answer), None, False, True,
                                    scores.get(r.id)) for r in real]
-        for record in synthetic:  # written with its rationale; not verified (as in the paper)
+        for record in synthetic:
+            # Written with its rationale and the answer the teacher was asked for (or reached); not
+            # verified, as in the paper, unless drop_wrong and its rationale reached another answer.
+            # One without any answer cannot be learned from: charged, never trained on.
+            reached = record.meta.get("teacher_answer", record.answer) or None
+            dropped = not record.answer or (policy.drop_wrong and reached != record.answer)
             items.append(SelectedItem(record.id, record.domain, "synthetic", record.text, record.answer,
-                                      rationale_target(record.rationale or "", record.answer, policy.max_rationale_words),
-                                      record.answer))
-        targets = {i.id: i for s in earlier for i in s.items} | {i.id: i for i in items}
-        for record, k in duplicates:
-            source = targets[record.id]
-            items.append(replace(source, id=f"{record.id}#dup{k}", origin="duplicate", charged=False, ifd=None))
+                                      teacher_target(split_answer_line(record.rationale or ""), record.answer or None,
+                                                     words), reached, dropped))
         return items
 
 
@@ -339,6 +366,15 @@ class _Selector:
 # sanity check in its metrics.json, not a result): decoding the whole test split once per stage
 # would cost more than the training. `policy.train_every_stage=true` scores every stage fully.
 INTERMEDIATE_EVAL = 32
+
+
+def teacher_target(rationale: str, answer: str | None, max_words: int | None) -> str:
+    """The teacher's text as the student learns it: its rationale (its first `max_words` words) and
+    its own answer line, right or wrong; no answer line if it reached none."""
+    if answer:
+        return rationale_target(rationale, answer, max_words)
+    words = rationale.split()
+    return " ".join(words[:max_words] if max_words is not None else words)
 
 
 def _train_stage(run: Run, task: Task, selections: Sequence[StageSelection], stage: int, last: bool,
@@ -423,14 +459,29 @@ def _link_final_model(out: Path, model_dir: Path) -> None:
     """`out/model`: the last stage's saved student, where every run keeps its model (a later run's
     `student.path`, a study's `{stage}/model`); a relative link, not a copy."""
     link = out / "model"
-    if link.is_symlink() or link.exists():
+    if link.is_symlink():
         link.unlink()
+    elif link.exists():
+        raise FileExistsError(f"{link} exists and is not the link to the last stage's model: remove it")
     link.symlink_to(model_dir.relative_to(out), target_is_directory=True)
 
 
 def _settings(job: BudgetedDistillation) -> dict:
     return {**asdict(job.policy), "seed": job.run.seed, "data": job.run.data_name,
             "annotator": job.annotator.describe() if job.annotator else None}
+
+
+def _check_same_settings(job: BudgetedDistillation, out: Path) -> None:
+    """A folder whose stages were bought under another policy, budget or seed is not resumed."""
+    if not (out / "ledger.json").exists():
+        return
+    before = read_json(out / "ledger.json")["settings"]
+    now = _settings(job)
+    keys = [k for k in now if k != "annotator"]
+    if differ := [k for k in keys if before.get(k) != now[k]]:
+        raise ValueError(f"{out} holds the stages of a run with other settings ("
+                         + ", ".join(f"{k}: {before.get(k)!r} there, {now[k]!r} now" for k in differ)
+                         + "): resuming would reuse its selections; use another folder (hydra.run.dir=...)")
 
 
 def _count(domains) -> dict[str, int]:

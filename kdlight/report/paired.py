@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from kdlight.io import read_jsonl
+from kdlight.report.table import row_keys
 
 
 @dataclass(frozen=True)
@@ -89,15 +90,21 @@ def paired_table(runs: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
     """One row per (A, B, benchmark, student, teacher): the pooled test over common seeds, on the
     first table metric of each benchmark both were scored on.
 
-    A and B are paired on data, student and seed; a method without a teacher (SFT) pairs with
-    every teacher of the other method.
+    A and B are paired on data, student and seed, and on the settings that split a label into
+    several table rows (e.g. `policy.budget=120` against `=240`: a row of A pairs with B's row of
+    the same settings; a label with one setting pairs with each of the other's); a method without a
+    teacher (SFT) pairs with every teacher of the other method.
     """
     rows = []
+    settings = {id(run): key[4] for run, key in zip(runs, row_keys(runs))}  # (label, stage, student, teacher, settings, ...)
     for name_a, name_b in pairs:
         groups: dict[tuple, list[tuple[dict, dict, dict]]] = {}
         for a in (r for r in runs if (r.get("label") or r["method"]) == name_a):
             for b in (r for r in runs if (r.get("label") or r["method"]) == name_b):
                 if not all(a[k] == b[k] for k in ("data", "model", "seed")):
+                    continue
+                setting_a, setting_b = settings[id(a)], settings[id(b)]
+                if setting_a and setting_b and setting_a != setting_b:
                     continue
                 if a.get("teacher") and b.get("teacher") and a["teacher"] != b["teacher"]:
                     continue
@@ -105,8 +112,9 @@ def paired_table(runs: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
                 sets_b = {s["name"]: s for s in b.get("benchmarks") or []}
                 for spec in a.get("benchmarks") or []:
                     if spec["name"] in sets_b and spec["metrics"]:
-                        groups.setdefault((spec["name"], a["model"], teacher), []).append((a, b, spec))
-        for (benchmark, model, teacher), matched in sorted(groups.items()):
+                        setting = setting_a or setting_b
+                        groups.setdefault((spec["name"], a["model"], teacher, setting), []).append((a, b, spec))
+        for (benchmark, model, teacher, setting), matched in sorted(groups.items()):
             xs, ys = [], []
             metric = matched[0][2]["metrics"][0]
             for a, b, spec in matched:
@@ -117,7 +125,8 @@ def paired_table(runs: list[dict], pairs: list[tuple[str, str]]) -> list[dict]:
                 ys += [right[i] for i in common]
             binary = all(isinstance(v, bool) for v in xs + ys)
             test = mcnemar(xs, ys) if binary else permutation([float(x) for x in xs], [float(y) for y in ys])
-            rows.append({"a": name_a, "b": name_b, "benchmark": benchmark, "metric": metric, "student": model,
+            where = f"{benchmark} [{', '.join(setting)}]" if setting else benchmark
+            rows.append({"a": name_a, "b": name_b, "benchmark": where, "metric": metric, "student": model,
                          "teacher": teacher, "seeds": len(matched), "test": test})
     return rows
 

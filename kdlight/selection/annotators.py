@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import torch
+
 from kdlight.data.module import PromptItem, encode_prompts
 from kdlight.data.tokenizer import saved_tokenizer
 from kdlight.methods.base import PrepareContext
@@ -157,10 +159,11 @@ class LocalTeacherDecoder:
         max_prompt_tokens: prompts are cut as training cuts them.
         max_new_tokens: the longest rationale (annotation's greedy decoding).
         batch_size: prompts per decoding batch.
+        device: where the teacher decodes (`cpu`, `cuda`).
     """
 
-    def __init__(self, spec, max_prompt_tokens: int, max_new_tokens: int, batch_size: int = 64):
-        self.spec, self.max_prompt_tokens, self.batch_size = spec, max_prompt_tokens, batch_size
+    def __init__(self, spec, max_prompt_tokens: int, max_new_tokens: int, batch_size: int = 64, device: str = "cpu"):
+        self.spec, self.max_prompt_tokens, self.batch_size, self.device = spec, max_prompt_tokens, batch_size, device
         self.greedy = Decoding(max_new_tokens=max_new_tokens)
         self._loaded = None
 
@@ -171,7 +174,8 @@ class LocalTeacherDecoder:
                 raise ValueError(f"teacher '{self.spec.name}': a local annotating teacher must be a saved model with "
                                  f"its tokenizer (a kdlight run's model/), got path={self.spec.path}")
             model = build_model(self.spec, tokenizer, frozen=True)
-            self._loaded = (LiveTeacher(model), tokenizer, shared_vocab_size(tokenizer, [ModelVocab("teacher", model)]))
+            teacher = LiveTeacher(model).to(torch.device(self.device))
+            self._loaded = (teacher, tokenizer, shared_vocab_size(tokenizer, [ModelVocab("teacher", model)]))
         return self._loaded
 
     def __call__(self, prompts: list[str], decoding: Decoding | None, workdir: Path, seed: int) -> list[list[str]]:
