@@ -235,6 +235,19 @@ def test_a_pool_text_outside_the_stored_teacher_is_an_error_naming_the_store(tmp
         distill_under_budget(BudgetedDistillation(tiny_run(task), policy, annotator), tmp_path / "run")
 
 
+def test_a_lora_student_trains_its_adapters_in_every_stage_and_is_saved_merged(tmp_path):
+    task = ltgen()
+    run = tiny_run(task, steps=3)
+    run = replace(run, student=replace(run.student, lora={"r": 4, "alpha": 8}))
+    policy = Policy("baldistill_n", budget=30, stages=2, quotas="naive", rank="ifd", tail_fill="synthesize")
+    result = distill_under_budget(BudgetedDistillation(run, policy, stored_teacher(task, tmp_path / "t")),
+                                  tmp_path / "run")
+    assert result.metrics["ledger/charged"] == 30 and result.metrics["steps"] == 3
+    saved = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert saved["model_type"] == "llama" and not (tmp_path / "run" / "model" / "adapter_config.json").exists()
+    assert (tmp_path / "run" / "stages" / "0" / "train" / "model" / "config.json").exists()  # stage 0's, for IFD
+
+
 def test_zero_shot_scores_the_base_student_and_spends_nothing(tmp_path):
     task = ltgen()
     policy = Policy("zero_shot", budget=0, quotas="none", rank="random", tail_fill="none", targets="none")
