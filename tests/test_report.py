@@ -216,3 +216,12 @@ def test_paired_tests_pair_rows_of_the_same_setting_only(tmp_path):
     small, large = rows
     assert (small["test"].only_a, small["test"].only_b) == (4, 0)  # a right where b is wrong, twice per seed
     assert (large["test"].only_a, large["test"].only_b) == (0, 4)
+
+
+def test_the_difference_from_the_baseline_is_taken_within_the_same_setting(tmp_path):
+    runs = [fake_run(tmp_path / f"{m}{b}", m, 0, ex, [f"policy={m}", f"policy.budget={b}"])
+            for m, b, ex in (("a", 120, 50.0), ("a", 240, 80.0), ("b", 120, 30.0), ("b", 240, 70.0))]
+    _, rows = aggregate(runs, None, "b")
+    delta = {r["method"]: r["delta"] for r in rows}
+    assert delta == {"a [policy.budget=120]": 20.0, "a [policy.budget=240]": 10.0,
+                     "b [policy.budget=120]": 0.0, "b [policy.budget=240]": 0.0}

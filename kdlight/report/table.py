@@ -146,7 +146,7 @@ def aggregate(runs: list[dict], metrics: list[str] | None, baseline: str) -> tup
     for key, members in groups.items():
         label, stage, model, teacher, extra, split = key
         datasets = {r["data"] for r, _ in members}
-        row = {"method": label + (f" [{', '.join(extra)}]" if extra else ""), "base": label, "stage": stage,
+        row = {"method": label + (f" [{', '.join(extra)}]" if extra else ""), "base": label, "extra": extra, "stage": stage,
                "student": model, "teacher": teacher, "params": members[0][0].get("params"), "split": split,
                "seeds": len({(r["data"], r["seed"]) for r, _ in members}) // max(1, len(datasets))}
         for column in columns:
@@ -155,27 +155,30 @@ def aggregate(runs: list[dict], metrics: list[str] | None, baseline: str) -> tup
         row["average"] = statistics.fmean(means) if means and len(means) == len(scores) else None
         steps = [r["step_time_s"] for r, _ in members if r.get("step_time_s")]
         row["step_time_s"] = statistics.fmean(steps) if steps else None
-        ratios = [r["step_time_s"] / base_step[(r["data"], model)] for r, _ in members
-                  if r.get("step_time_s") and (r["data"], model) in base_step]
+        ratios = [r["step_time_s"] / step for r, _ in members
+                  if r.get("step_time_s") and (step := base_step.get((r["data"], model, extra),
+                                                                      base_step.get((r["data"], model, ()))))]
         row["relative_step"] = statistics.fmean(ratios) if ratios else None
         rows.append(row)
-    # The baseline row of the same student (and teacher, when the baseline measured its KL to one).
-    base_average = {(r["student"], r["teacher"]): r["average"] for r in rows
-                    if r["base"] == baseline and r["stage"] == "student" and r["method"] == baseline}
+    # The baseline row of the same student (and teacher, when the baseline measured its KL to one),
+    # and of the same settings when rows are split by one (a budget); else the baseline's only row.
+    base_average = {(r["student"], r["teacher"], r["extra"]): r["average"] for r in rows
+                    if r["base"] == baseline and r["stage"] == "student"}
     for row in rows:
-        base = base_average.get((row["student"], row["teacher"]), base_average.get((row["student"], "-")))
+        candidates = [(row["student"], teacher, extra) for extra in (row["extra"], ()) for teacher in (row["teacher"], "-")]
+        base = next((base_average[c] for c in candidates if c in base_average), None)
         row["delta"] = row["average"] - base if row["average"] is not None and base is not None else None
     return columns, rows
 
 
-def _baseline_steps(groups: dict, baseline: str) -> dict[tuple[str, str], float]:
-    """(data, student) -> mean step time of the baseline method's student runs."""
-    times: dict[tuple[str, str], list[float]] = defaultdict(list)
+def _baseline_steps(groups: dict, baseline: str) -> dict[tuple, float]:
+    """(data, student, settings) -> mean step time of the baseline method's student runs."""
+    times: dict[tuple, list[float]] = defaultdict(list)
     for (label, stage, model, _, extra, _), members in groups.items():
-        if label == baseline and stage == "student" and not extra:
+        if label == baseline and stage == "student":
             for run, _ in members:
                 if run.get("step_time_s"):
-                    times[(run["data"], model)].append(run["step_time_s"])
+                    times[(run["data"], model, extra)].append(run["step_time_s"])
     return {key: statistics.fmean(values) for key, values in times.items()}
 
 
