@@ -70,6 +70,7 @@ def test_a_reference_can_pin_an_axis_the_referring_stage_does_not_have(tmp_path)
     ({"stages": {"teacher": {}, "methods": {"for_each": ["method"]}, "ft": {"for_each": ["seed"], "overrides": [
         "student.path={methods[method=kid]}"]}}}, "has no job with method=kid"),
     ({"reports": {"r": {"stages": ["nowhere"]}}}, "unknown stages"),
+    ({"reports": {"r": {"stages": ["teacher"], "format": "{:.0f}"}}}, "unknown keys \\['format'\\]"),
 ])
 def test_a_plan_that_cannot_run_is_refused_before_any_job(change, match):
     with pytest.raises(ValueError, match=match):
@@ -185,7 +186,8 @@ def test_a_study_runs_its_jobs_through_the_submitit_launcher(tmp_path, env):
     assert len(list((out / ".submitit").glob("*/*_result.pkl"))) == 2  # each job ran as its own submitit job
 
 
-@pytest.mark.parametrize("name", ["text2sql_tiny", "kid_text2sql", "kid_text2sql_paper"])
+@pytest.mark.parametrize("name", ["text2sql_tiny", "kid_text2sql", "kid_text2sql_paper", "baldistill_generated",
+                                  "baldistill_r52"])
 def test_every_job_of_the_shipped_studies_composes(name, tmp_path):
     """The first job of every stage composes into a valid kdlight-train config."""
     from hydra.utils import instantiate
@@ -197,6 +199,8 @@ def test_every_job_of_the_shipped_studies_composes(name, tmp_path):
         job = study_plan.jobs(tmp_path, stage)[0]
         cfg = compose_cfg([*job.overrides, f"study={name}"], tmp_path)
         assert instantiate(cfg.method, _convert_="object").name == cfg.method.name
+        if name.startswith("baldistill") and stage.name == "students":
+            assert instantiate(cfg.policy).budget in (120, 240, 520, 1300)
         if name == "kid_text2sql_paper" and stage.name == "methods":
             assert set(cfg.benchmarks) == {"spider_dk", "spider_realistic", "spider_syn", "bird", "bird_evidence"}
     assert study_plan.reports

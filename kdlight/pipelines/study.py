@@ -202,13 +202,19 @@ def _job_folder(root: Path, stage: str, values: tuple[tuple[str, str], ...]) -> 
     return root / stage / "_".join(f"{axis}{v}" if v.lstrip("-").isdigit() else v for axis, v in values)
 
 
+REPORT_KEYS = ("stages", "metrics", "baseline", "paired", "summary", "fmt", "loss_fmt", "title", "order")
+
+
 def _report_spec(study: str, name: str, raw: Mapping) -> ReportSpec:
+    if unknown := sorted(set(raw) - set(REPORT_KEYS)):
+        raise ValueError(f"study {study}: report '{name}' has unknown keys {unknown} (known: {list(REPORT_KEYS)})")
     try:
         pairs = parse_pairs(raw.get("paired") or ())
     except ValueError as error:
         raise ValueError(f"study {study}: report '{name}': {error}") from error
     return ReportSpec(metrics=tuple(raw["metrics"]) if raw.get("metrics") else None,
                       baseline=raw.get("baseline", "sft"), paired=pairs, summary=raw.get("summary", True),
+                      fmt=raw.get("fmt", ReportSpec.fmt), loss_fmt=raw.get("loss_fmt", ReportSpec.loss_fmt),
                       title=raw.get("title") or f"{study}: {name}", order=tuple(raw.get("order") or ()))
 
 

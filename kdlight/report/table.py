@@ -74,8 +74,10 @@ def run_values(run: dict, metrics: list[str] | None) -> dict[str, float]:
 
 
 def is_score(column: str) -> bool:
-    """Scores (percentages from a scorer) are the upper-case columns; losses keep their key."""
-    return "/" not in column.split(" ", 1)[-1]
+    """Scores (percentages from a scorer, per group too: `ACC/NEXT`) are the upper-case columns;
+    other metrics (losses, counts) keep their key (`val/ce`, `ledger/real`)."""
+    name = column.split(" ", 1)[-1]
+    return name == name.upper()
 
 
 def row_keys(runs: list[dict]) -> list[tuple]:
