@@ -225,3 +225,18 @@ def test_the_difference_from_the_baseline_is_taken_within_the_same_setting(tmp_p
     delta = {r["method"]: r["delta"] for r in rows}
     assert delta == {"a [policy.budget=120]": 20.0, "a [policy.budget=240]": 10.0,
                      "b [policy.budget=120]": 0.0, "b [policy.budget=240]": 0.0}
+
+
+def test_an_unfinished_budgeted_run_is_missing_not_its_stages_finished_runs(tmp_path):
+    """A policy run started from Python (no .hydra) and killed in its last stage: its earlier
+    stages' training runs are parts of it, not rows of their own."""
+    from kdlight.report.collect import collect
+
+    run = tmp_path / "sweep" / "baldistill"
+    (run / "stages" / "0" / "train").mkdir(parents=True)
+    (run / "stages" / "0" / "train" / "metrics.json").write_text(json.dumps({"method": "sft"}))
+    (run / "ledger.json").write_text(json.dumps({"settings": {}, "rows": []}))
+    jobs = collect([tmp_path / "sweep"])
+    assert jobs.finished == [] and jobs.missing == [run]
+    (run / "metrics.json").write_text(json.dumps({"method": "sft", "label": "baldistill_a"}))
+    assert [j["folder"] for j in collect([tmp_path / "sweep"]).finished] == [str(run)]

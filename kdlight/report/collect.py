@@ -1,9 +1,10 @@
 """Find the runs under sweep, study or run folders, and say which finished, failed or never did.
 
 A run is any folder with `metrics.json` (finished), `error.txt` (failed: kdlight-train writes the
-traceback there, for single runs and sweep jobs alike), or `.hydra/config.yaml` and neither
-(missing: still running, killed, or never started). A finished run's record is its metrics plus
-`folder` and `overrides` (the job's command-line overrides, from `.hydra/overrides.yaml`, if any).
+traceback there, for single runs and sweep jobs alike), or `.hydra/config.yaml` or `ledger.json` (a
+budgeted run) and neither (missing: still running, killed, or never started). A finished run's
+record is its metrics plus `folder` and `overrides` (the job's command-line overrides, from
+`.hydra/overrides.yaml`, if any).
 """
 
 from __future__ import annotations
@@ -41,9 +42,11 @@ def collect(folders: list[Path]) -> Jobs:
 
 
 def _run_folders(root: Path) -> list[Path]:
-    markers = ("metrics.json", FAILURE_FILE, ".hydra/config.yaml")
-    found = {p.parent for name in markers[:2] for p in root.rglob(name)}
-    found |= {p.parent.parent for p in root.rglob(markers[2])}
+    # ledger.json: a budgeted-distillation run (kdlight/pipelines/baldistill.py), whose stages are
+    # training runs of their own, inside it; started from Python it has no .hydra folder.
+    markers = ("metrics.json", FAILURE_FILE, "ledger.json", ".hydra/config.yaml")
+    found = {p.parent for name in markers[:3] for p in root.rglob(name)}
+    found |= {p.parent.parent for p in root.rglob(markers[3])}
     # A run's own sub-folders (its model/, a report folder) are not runs.
     return sorted(f for f in found if not any(parent in found for parent in f.parents))
 
