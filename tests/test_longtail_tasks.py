@@ -300,6 +300,8 @@ def test_task_serves_pool_and_test_with_raw_text_and_gold_in_meta():
         task.records("teacher")
     with pytest.raises(ValueError, match="has no {text}"):
         LongTailTask(TinySource(), prompt="Topic:")
+    with pytest.raises(ValueError, match=r"only the placeholder \{text\}.*KeyError\('story'\)"):
+        LongTailTask(TinySource(), prompt="{story}: {text}")
     with pytest.raises(ValueError, match="parses 'math' answers"):
         LongTailTask(TinySource(), scorer=AnswerAccuracyScorer("math"))
     with pytest.raises(ValueError, match=r"no split 'valid' \(data.task.eval_split\)"):

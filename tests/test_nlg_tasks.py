@@ -175,6 +175,8 @@ def test_labeled_and_unlabeled_split_the_training_pool():
         NlgTask(source, eval_split="dev").load("eval")
     with pytest.raises(ValueError, match="no {input}"):
         NlgTask(source, prompt="Translate:")
+    with pytest.raises(ValueError, match=r"only the placeholder \{input\}.*literal brace"):
+        NlgTask(source, prompt="{input} {")
 
 
 def test_several_references_expand_into_labeled_examples():

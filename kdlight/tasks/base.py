@@ -58,3 +58,15 @@ def check_unique_ids(splits: Mapping[str, Sequence[Any]], where: str) -> None:
                 raise ValueError(f"{where}: id {record.id!r} is used twice in split '{name}'; predictions and teacher "
                                  "outputs are joined on ids")
             seen.add(record.id)
+
+
+def check_prompt(prompt: str, placeholder: str) -> None:
+    """Raise unless `data.task.prompt` is a format string whose only field is `{placeholder}`, which
+    it must contain (else the model would not see its input)."""
+    try:
+        prompt.format(**{placeholder: ""})
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"data.task.prompt {prompt!r} must contain only the placeholder {{{placeholder}}} "
+                         f"(write a literal brace as {{{{ or }}}}): {error!r}") from error
+    if "{" + placeholder + "}" not in prompt:
+        raise ValueError(f"data.task.prompt {prompt!r} has no {{{placeholder}}}: the model would not see its input")

@@ -14,7 +14,7 @@ from __future__ import annotations
 from kdlight.data.example import Example
 from kdlight.eval.answers import KINDS, AnswerAccuracyScorer, LabelF1Scorer
 from kdlight.eval.scorer import Scorer
-from kdlight.tasks.base import Task, check_unique_ids
+from kdlight.tasks.base import Task, check_prompt, check_unique_ids
 from kdlight.tasks.longtail.record import LongTailRecord, LongTailSource, answer_target
 from kdlight.tasks.longtail.teacher import teacher_examples
 from kdlight.tasks.nlg.sources import first_words
@@ -52,13 +52,7 @@ class LongTailTask(Task):
     def __init__(self, source: LongTailSource, prompt: str = "{text}\nAnswer:", max_text_words: int | None = None,
                  eval_split: str = "test", scorer: Scorer | None = None, role: str = "student",
                  teacher_split: str = "teacher"):
-        try:
-            prompt.format(text="")
-        except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(f"data.task.prompt {prompt!r} must contain only the placeholder {{text}} "
-                             f"(write a literal brace as {{{{ or }}}}): {error!r}") from error
-        if "{text}" not in prompt:
-            raise ValueError(f"data.task.prompt {prompt!r} has no {{text}}: the model would not see its input")
+        check_prompt(prompt, "text")
         if max_text_words is not None and max_text_words < 1:
             raise ValueError(f"data.task.max_text_words must be null (no cut) or >= 1, got {max_text_words}")
         if eval_split == "train":

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 from kdlight.data.example import Example
 from kdlight.eval.nlg import NlgScorer
-from kdlight.tasks.base import Task, check_unique_ids
+from kdlight.tasks.base import Task, check_prompt, check_unique_ids
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,7 @@ class NlgTask(Task):
     def __init__(self, source: NlgSource, labeled: int | None = None, split_seed: int = 0, eval_split: str = "test",
                  prompt: str = "{input}", expand_references: bool = False, scorer: NlgScorer | None = None,
                  dev_split: str | None = None):
-        try:
-            prompt.format(input="")
-        except (KeyError, IndexError, ValueError) as error:
-            raise ValueError(f"data.task.prompt {prompt!r} must contain only the placeholder {{input}} "
-                             f"(write a literal brace as {{{{ or }}}}): {error!r}") from error
-        if "{input}" not in prompt:
-            raise ValueError(f"data.task.prompt {prompt!r} has no {{input}}: the model would not see its input")
+        check_prompt(prompt, "input")
         if labeled is not None and labeled < 0:
             raise ValueError(f"data.task.labeled must be null (all) or >= 0, got {labeled}")
         if dev_split is not None and dev_split == eval_split:
