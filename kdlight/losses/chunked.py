@@ -1,10 +1,10 @@
 """One chunking wrapper for every divergence: bounded memory in the forward *and* backward pass.
 
-Applying a divergence to all N positions at once keeps several [N, V] fp32 tensors alive for the
-backward pass. Here the positions are processed in chunks; each chunk's gradient with respect to
-the student logits is computed right away (autograd on the chunk alone) and written into one
-gradient buffer, then the chunk's graph is freed. So at any time at most one chunk x vocabulary of
-fp32 intermediates exists, whatever N is; the backward pass only scales the stored gradient.
+Applying a divergence to all N positions at once keeps several [N, V] fp32 tensors alive. Here the
+positions are processed in chunks; each chunk's value and its gradient with respect to the student
+logits come from the divergence's closed form (`kdlight.losses.divergences`, `<name>_and_grad`)
+and the gradient is written into one buffer, so at any time at most one chunk x vocabulary of fp32
+intermediates exists, whatever N is; the backward pass only scales the stored gradient.
 
 This relies on each position's value depending only on its own row of logits, which holds for
 every token-level divergence. The teacher is treated as a constant.
@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import torch
 
-PerToken = Callable[..., torch.Tensor]  # (student [n, V], *teacher rows) -> [n]
+# (student [n, V], *teacher rows, need_grad=bool) -> ([n] fp32 values, [n, V] gradient or None)
+PerToken = Callable[..., tuple[torch.Tensor, torch.Tensor | None]]
 
 
 class _ChunkedDivergence(torch.autograd.Function):
@@ -26,15 +27,19 @@ class _ChunkedDivergence(torch.autograd.Function):
         n = student.shape[0]
         values = torch.empty(n, dtype=torch.float32, device=student.device)
         needs_grad = ctx.needs_input_grad[0]
+        if n <= chunk_size:  # one chunk: its gradient is the buffer
+            values, grad = fn(student.detach(), *(t.detach() for t in teacher), need_grad=needs_grad)
+            grad = grad.to(student.dtype) if needs_grad else None
+            ctx.save_for_backward(grad)
+            return values
         grad = torch.empty_like(student) if needs_grad else None  # [N, V], the input's dtype
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
-            part = student[start:stop].detach().requires_grad_(needs_grad)
-            with torch.enable_grad():
-                out = fn(part, *(t[start:stop].detach() for t in teacher))  # [c]
-                if needs_grad:
-                    (grad[start:stop],) = torch.autograd.grad(out.sum(), part)
-            values[start:stop] = out.detach()
+            out, part_grad = fn(student[start:stop].detach(), *(t[start:stop].detach() for t in teacher),
+                                need_grad=needs_grad)
+            values[start:stop] = out
+            if needs_grad:
+                grad[start:stop] = part_grad
         ctx.save_for_backward(grad)
         return values
 
@@ -52,8 +57,9 @@ def chunked_divergence(fn: PerToken, student_logits: torch.Tensor, teacher: torc
                        chunk_size: int | None = None) -> torch.Tensor:
     """Apply `fn` to `chunk_size` positions at a time: [N, V] and teacher rows -> [N] fp32.
 
-    `teacher` is dense logits [N, V] or a tuple of per-position tensors (e.g. top-k ids and
-    log-probabilities); each is sliced by rows alongside the student. Exact for any chunk size;
+    `fn` returns a chunk's values and their gradient with respect to its student rows (None when
+    `need_grad` is False). `teacher` is dense logits [N, V] or a tuple of per-position tensors
+    (e.g. top-k ids and log-probabilities); each is sliced by rows alongside the student. Exact for any chunk size;
     None picks `CHUNK_ELEMENTS / V` positions, so the memory bound does not depend on V.
     """
     teacher = teacher if isinstance(teacher, tuple) else (teacher,)

@@ -1,7 +1,8 @@
 """Divergences as configurable strategies (`conf/method/*.yaml` -> `divergence:`).
 
-Each wraps one pure function of `kdlight.losses.divergences` with its hyperparameters and applies
-it through the shared chunking wrapper, so every divergence gets the same memory bound.
+Each wraps one closed-form divergence of `kdlight.losses.divergences` (value and gradient) with its
+hyperparameters and applies it through the shared chunking wrapper, so every divergence gets the
+same memory bound and none builds an autograd graph.
 """
 
 from __future__ import annotations
@@ -34,17 +35,29 @@ class Divergence:
     missing_mass: str = "renormalize"
     name: ClassVar[str] = "kd"
 
-    def per_token(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    def value_and_grad(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor,
+                       need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[n, V] x2 -> values [n] and their gradient [n, V] with respect to the student logits."""
         raise NotImplementedError
 
     def __call__(self, student_logits: torch.Tensor, teacher: torch.Tensor | SparseTargets) -> torch.Tensor:
         if isinstance(teacher, SparseTargets):
-            return chunked_divergence(self._sparse_per_token, student_logits, (teacher.ids, teacher.log_probs),
+            return chunked_divergence(self._sparse_value_and_grad, student_logits, (teacher.ids, teacher.log_probs),
                                       self.chunk_size)
-        return chunked_divergence(self.per_token, student_logits, teacher, self.chunk_size)
+        return chunked_divergence(self.value_and_grad, student_logits, teacher, self.chunk_size)
 
-    def _sparse_per_token(self, student_logits: torch.Tensor, ids: torch.Tensor, log_probs: torch.Tensor):
-        return self.per_token(*restrict_to_support(student_logits, ids, log_probs, self.missing_mass))
+    def _sparse_value_and_grad(self, student_logits: torch.Tensor, ids: torch.Tensor, log_probs: torch.Tensor,
+                               need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The divergence over the teacher's support ([n, k] or [n, k+1] rows, closed form), and
+        autograd only for the small step from the student's [n, V] logits to those rows."""
+        with torch.enable_grad():
+            student_logits = student_logits.detach().requires_grad_(need_grad)
+            student_rows, teacher_rows = restrict_to_support(student_logits, ids, log_probs, self.missing_mass)
+            values, rows_grad = self.value_and_grad(student_rows.detach(), teacher_rows, need_grad)
+            if not need_grad:
+                return values, None
+            (grad,) = torch.autograd.grad(student_rows, student_logits, rows_grad)
+        return values, grad
 
     def __post_init__(self) -> None:
         if self.missing_mass not in MISSING_MASS:
@@ -55,24 +68,24 @@ class Divergence:
 class ForwardKL(Divergence):
     name: ClassVar[str] = "fkl"
 
-    def per_token(self, student_logits, teacher_logits):
-        return D.forward_kl(student_logits, teacher_logits, self.temperature)
+    def value_and_grad(self, student_logits, teacher_logits, need_grad=True):
+        return D.forward_kl_and_grad(student_logits, teacher_logits, self.temperature, need_grad)
 
 
 @dataclass(frozen=True)
 class ReverseKL(Divergence):
     name: ClassVar[str] = "rkl"
 
-    def per_token(self, student_logits, teacher_logits):
-        return D.reverse_kl(student_logits, teacher_logits, self.temperature)
+    def value_and_grad(self, student_logits, teacher_logits, need_grad=True):
+        return D.reverse_kl_and_grad(student_logits, teacher_logits, self.temperature, need_grad)
 
 
 @dataclass(frozen=True)
 class JensenShannon(Divergence):
     name: ClassVar[str] = "js"
 
-    def per_token(self, student_logits, teacher_logits):
-        return D.jensen_shannon(student_logits, teacher_logits, self.temperature)
+    def value_and_grad(self, student_logits, teacher_logits, need_grad=True):
+        return D.generalized_jsd_and_grad(student_logits, teacher_logits, 0.5, self.temperature, need_grad)
 
 
 @dataclass(frozen=True)
@@ -84,18 +97,18 @@ class GeneralizedJSD(Divergence):
 
     def __post_init__(self) -> None:  # fail when the config is built, not at the first step
         super().__post_init__()
-        D.generalized_jsd(torch.zeros(1, 2), torch.zeros(1, 2), self.beta)
+        D.check_gjsd_beta(self.beta)
 
-    def per_token(self, student_logits, teacher_logits):
-        return D.generalized_jsd(student_logits, teacher_logits, self.beta, self.temperature)
+    def value_and_grad(self, student_logits, teacher_logits, need_grad=True):
+        return D.generalized_jsd_and_grad(student_logits, teacher_logits, self.beta, self.temperature, need_grad)
 
 
 @dataclass(frozen=True)
 class TotalVariation(Divergence):
     name: ClassVar[str] = "tvd"
 
-    def per_token(self, student_logits, teacher_logits):
-        return D.total_variation(student_logits, teacher_logits, self.temperature)
+    def value_and_grad(self, student_logits, teacher_logits, need_grad=True):
+        return D.total_variation_and_grad(student_logits, teacher_logits, self.temperature, need_grad)
 
 
 @dataclass(frozen=True)
@@ -103,8 +116,8 @@ class SkewForwardKL(Divergence):
     alpha: float = 0.1
     name: ClassVar[str] = "skl"
 
-    def per_token(self, student_logits, teacher_logits):
-        return D.skew_forward_kl(student_logits, teacher_logits, self.alpha, self.temperature)
+    def value_and_grad(self, student_logits, teacher_logits, need_grad=True):
+        return D.skew_forward_kl_and_grad(student_logits, teacher_logits, self.alpha, self.temperature, need_grad)
 
 
 @dataclass(frozen=True)
@@ -112,5 +125,5 @@ class SkewReverseKL(Divergence):
     alpha: float = 0.1
     name: ClassVar[str] = "srkl"
 
-    def per_token(self, student_logits, teacher_logits):
-        return D.skew_reverse_kl(student_logits, teacher_logits, self.alpha, self.temperature)
+    def value_and_grad(self, student_logits, teacher_logits, need_grad=True):
+        return D.skew_reverse_kl_and_grad(student_logits, teacher_logits, self.alpha, self.temperature, need_grad)
