@@ -54,6 +54,7 @@ def build_run(cfg: DictConfig) -> Run:
         checkpoint_every_n_steps=cfg.checkpoint_every_n_steps,
         select_by=cfg.select_by,
         teacher_kl=cfg.teacher_kl and cfg.stage == "student",
+        teacher_cache=instantiate(cfg.teacher_cache) if cfg.teacher_cache.top_k is not None else None,
         skip_finished=cfg.skip_finished,
         data_name=cfg.data_name,
         label=cfg.label,

@@ -7,7 +7,8 @@ comparisons fair. Adding a method means adding a `SequenceSource` (one file) if 
 kind of sequence, and a YAML preset in `conf/method/`.
 
 A source declares what it needs in its type (`needs_teacher`, `needs_mask_token`,
-`needs_preparation`) and what it can do (`covers_unlabeled`, `only_teacher_outputs`); the loop and
+`needs_preparation`) and what it can do (`covers_unlabeled`, `only_teacher_outputs`,
+`fixed_sequences`); the loop and
 the run read those declarations and never probe a source for methods it might have.
 """
 
@@ -131,6 +132,13 @@ class SequenceSource(ABC):
         """Every sequence it writes is one of the teacher's own outputs (so a teacher known only
         by stored outputs and their log-probabilities can score them); gold pairs it keeps
         (`keeps_gold_pairs`) are not its sequences."""
+        return False
+
+    @property
+    def fixed_sequences(self) -> bool:
+        """An example's sequences depend only on the example and the epoch (gold, the teacher's
+        stored outputs), never on the student or a random draw: the teacher's distributions on
+        them can be computed once and cached (`teacher_cache`)."""
         return False
 
     def prepare(self, ctx: PrepareContext) -> None:

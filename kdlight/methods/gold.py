@@ -14,5 +14,9 @@ from kdlight.methods.base import SequenceSource, StepContext
 
 @dataclass
 class GoldSequences(SequenceSource):
+    @property
+    def fixed_sequences(self) -> bool:
+        return True
+
     def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
         return gold

@@ -61,6 +61,11 @@ class TeacherOutputs(SequenceSource):
     def only_teacher_outputs(self) -> bool:
         return True
 
+    @property
+    def fixed_sequences(self) -> bool:
+        """The (epoch mod K)-th stored output of each input, and gold pairs kept as they are."""
+        return True
+
     def prepare(self, ctx: PrepareContext) -> None:
         if ctx.teacher is None:
             raise RuntimeError("teacher outputs need a teacher (a model, or a file of its outputs)")

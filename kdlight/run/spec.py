@@ -31,6 +31,7 @@ from kdlight.models.build import ModelSpec
 from kdlight.tasks.base import Task
 from kdlight.training.module import LoopOptions
 from kdlight.training.teacher import StoredTeacherSpec
+from kdlight.training.teacher_cache import TeacherCacheSpec
 
 
 def sft() -> Method:
@@ -64,6 +65,9 @@ class Run:
             are what is saved and scored (None: the last weights).
         teacher_kl: load the teacher even if the method does not use it, to report the student's
             held-out KL from it (`val/kl_from_teacher`).
+        teacher_cache: keep the teacher's top-k log-probabilities per target position, computed once
+            and shared by every epoch and student (methods on fixed sequences); None: the live
+            teacher every step.
         skip_finished: if the output folder has metrics.json, return it without running.
         data_name, label, stage: how the run is named in metrics.json and tables (`label`: a row
             label for tables, default the method's name; `stage`: `student` or `teacher`).
@@ -88,6 +92,7 @@ class Run:
     checkpoint_every_n_steps: int = 100
     select_by: str | None = None
     teacher_kl: bool = False
+    teacher_cache: TeacherCacheSpec | None = None
     skip_finished: bool = False
     data_name: str = "data"
     label: str | None = None

@@ -25,7 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from kdlight.data.module import TaskDataModule, target_ids
 from kdlight.data.tokenizer import resolve_tokenizer, saved_tokenizer
 from kdlight.io import read_json, write_json
-from kdlight.methods.base import PrepareContext
+from kdlight.methods.base import Method, PrepareContext
 from kdlight.models.build import ModelSpec, build_model, count_parameters, save_model
 from kdlight.models.lora import add_lora, merged
 from kdlight.models.vocab import ModelVocab, VocabularyMismatch, add_mask_token, shared_vocab_size
@@ -36,6 +36,7 @@ from kdlight.training.callbacks import StepTimer
 from kdlight.training.checkpoint_io import AtomicCheckpointIO
 from kdlight.training.module import DistillationModule
 from kdlight.training.teacher import LiveTeacher, StoredTeacher, StoredTeacherSpec, Teacher
+from kdlight.training.teacher_cache import CachedSparseTeacher, check_cacheable, with_missing_mass
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def train(run: Run, out: str | Path) -> RunResult:
         torch.set_num_threads(run.threads)
     teacher_spec = run.teacher if (run.method.needs_teacher or run.teacher_kl) else None
     _check_teacher(run, teacher_spec)
+    method = _check_teacher_cache(run, teacher_spec)
     datamodule = TaskDataModule(run.data, run.data_name, run.benchmarks, seed=run.seed,
                                 use_unlabeled=run.method.uses_unlabeled,
                                 gold_pairs_and_inputs=run.method.keeps_gold_pairs)
@@ -77,7 +79,10 @@ def train(run: Run, out: str | Path) -> RunResult:
         student = add_lora(student, run.student.lora)
         log.info(f"LoRA adapters r={run.student.lora.r} on {run.student.lora.target_modules}: "
                  f"{sum(p.numel() for p in student.parameters() if p.requires_grad):,} trainable parameters")
-    module = DistillationModule(student, run.method, tokenizer, vocab_size, run.optimizer, run.loop, teacher,
+    teacher_params = count_parameters(teacher.model) if isinstance(teacher, LiveTeacher) else None
+    if run.teacher_cache is not None and isinstance(teacher, LiveTeacher):
+        teacher = CachedSparseTeacher(teacher, run.teacher_cache.top_k, vocab_size, run.teacher_cache.cache_dir)
+    module = DistillationModule(student, method, tokenizer, vocab_size, run.optimizer, run.loop, teacher,
                                 seed=run.seed, decoding=run.data.decoding)
     trainer = _trainer(run, out)
     for experiment_logger in trainer.loggers:  # the whole configuration, so every run says what it was
@@ -85,7 +90,7 @@ def train(run: Run, out: str | Path) -> RunResult:
     identity = {"method": run.method.name, "label": run.label or run.method.name, "stage": run.stage,
                 "model": run.student.name, "data": run.data_name, "seed": run.seed,
                 "teacher": teacher_spec.name if teacher_spec is not None else None,
-                "teacher_params": count_parameters(teacher.model) if isinstance(teacher, LiveTeacher) else None}
+                "teacher_params": teacher_params}
     log.info(f"{run.stage} {run.student.name} ({count_parameters(student):,} parameters) with {run.method.name}"
              + (f", teacher {teacher.describe()}" if teacher is not None else ""))
     metrics = fit_and_evaluate(module, trainer, datamodule, out, identity, run.select_by)
@@ -214,6 +219,18 @@ def _check_teacher(run: Run, spec: ModelSpec | StoredTeacherSpec | None) -> None
     if isinstance(spec, ModelSpec) and spec.path is None and run.method.needs_teacher:
         log.warning(f"method {run.method.name} distils from a randomly initialised teacher: set teacher.path=<teacher "
                     "run>/model to distil from a trained one")
+
+
+def _check_teacher_cache(run: Run, spec: ModelSpec | StoredTeacherSpec | None) -> Method:
+    """The run's method, its divergence set to the cache's `missing_mass`; a method or teacher the
+    cache cannot serve is refused before anything is loaded."""
+    if run.teacher_cache is None:
+        return run.method
+    check_cacheable(run.method, run.loop.teacher_placement)
+    if not isinstance(spec, ModelSpec):
+        raise ValueError(f"teacher_cache.top_k caches a teacher model's distributions; this teacher ({spec}) is "
+                         "a file of stored outputs, top-k already: set teacher_cache.top_k=null")
+    return with_missing_mass(run.method, run.teacher_cache.missing_mass)
 
 
 def _build_teacher(spec: ModelSpec | StoredTeacherSpec | None, run: Run,

@@ -14,7 +14,7 @@ Manual optimisation is used because step 2 needs the whole step's batch before t
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import lightning as L
@@ -107,6 +107,8 @@ class DistillationModule(L.LightningModule):
         self.student.train()  # HF from_pretrained returns eval-mode models
         if self.method.source.needs_preparation:
             self.method.source.prepare(self._prepare_context())
+        if self.teacher is not None:  # a cached teacher scores the training sequences once, here
+            self.teacher.prepare(self.method, self._training_sequences, _gather_objects)
 
     def _prepare_context(self) -> PrepareContext:
         """Every training prompt, for sources that precompute targets (teacher outputs)."""
@@ -116,6 +118,20 @@ class DistillationModule(L.LightningModule):
                                "a TaskDataModule (trainer.fit(module, datamodule=...)), which lists them")
         return PrepareContext(datamodule.train_prompts(), self.teacher, self.tokenizer, self.vocab_size,
                               self.global_rank, self.trainer.world_size, _gather_objects)
+
+    def _training_sequences(self, epoch: int) -> Iterator[Batch]:
+        """This rank's training batches of `epoch` as the method's source makes them, from a loader
+        of their own (the run's loader and random draws are untouched); none without a
+        TaskDataModule (a cached teacher then scores each sequence when first met)."""
+        datamodule = self.trainer.datamodule
+        if not isinstance(datamodule, TaskDataModule):
+            return
+        ctx = StepContext(self.student, self.teacher, self.tokenizer, self.vocab_size, torch.Generator(),
+                          epoch=epoch)
+        loader = datamodule.train_dataloader()
+        loader.sampler.set_epoch(epoch)
+        for gold in loader:
+            yield self.method.source.sequences(gold.to(self.device), ctx)
 
     def on_validation_start(self) -> None:
         self._place_teacher()
@@ -230,10 +246,10 @@ class DistillationModule(L.LightningModule):
         student = select_positions(target_logits(self.student, batch, self.vocab_size), mask)
         ce = token_cross_entropy(student, batch.target_ids[mask]).sum() / max(n, 1)
         self.log("val/ce", ce, batch_size=n, prog_bar=True)
-        if self.teacher is not None and self.teacher.scores_any_sequence:
-            clean = self.teacher.distributions(batch, self.vocab_size, noisy=False)  # no teacher dropout here
-            teacher = select_positions(clean, mask)
-            kl = forward_kl(student, teacher).sum() / max(n, 1)
+        teacher = self.teacher.held_out() if self.teacher is not None else None  # a cache's live teacher
+        if teacher is not None and teacher.scores_any_sequence:
+            clean = teacher.distributions(batch, self.vocab_size, noisy=False)  # no teacher dropout here
+            kl = forward_kl(student, select_positions(clean, mask)).sum() / max(n, 1)
             self.log("val/kl_from_teacher", kl, batch_size=n)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[tuple[int, list[int]]]:

@@ -6,6 +6,8 @@ Both answer the two questions a method asks of a teacher:
   which has them only for its own outputs: `scores_any_sequence` is False);
 - `outputs(prompts, decoding)`: its decoded outputs for every training prompt (generated once by
   a live model and cached on disk, or looked up in the store).
+A third kind, a live teacher's top-k cached once per training sequence for methods on fixed
+sequences, is `kdlight.training.teacher_cache.CachedSparseTeacher`.
 
 The live teacher is deliberately *not* an `nn.Module` attribute of the LightningModule: an
 unregistered model cannot reach the optimiser, the checkpoint's state dict, the saved
@@ -23,6 +25,7 @@ import json
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -34,7 +37,7 @@ from transformers import PreTrainedModel
 from kdlight.data.batch import Batch, collate
 from kdlight.data.module import PromptItem
 from kdlight.losses.sparse import SparseTargets
-from kdlight.methods.base import PrepareContext
+from kdlight.methods.base import Method, PrepareContext
 from kdlight.models.decoding import Decoding, generate
 from kdlight.models.lm import target_logits
 from kdlight.targets.store import GenerationJournal, StoredSequence, TargetStore
@@ -64,6 +67,17 @@ class Teacher(ABC):
     def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
                 cache_dir: str | None = None, seed: int = 0) -> Outputs:
         """Decoded outputs for every prompt of `ctx` (with top-k log-probabilities if `top_k`)."""
+
+    def prepare(self, method: Method, sequences: Callable[[int], Iterable[Batch]],
+                gather: Callable[[object], list[object]]) -> None:
+        """Work before the first step, on every rank: a cached teacher scores `sequences(epoch)`,
+        this rank's training batches of an epoch as the method's source makes them. Nothing by
+        default."""
+
+    def held_out(self) -> Teacher:
+        """The teacher that scores held-out sequences (`val/kl_from_teacher`): itself, or the live
+        model behind a cache, so the cache's price is measured against the live teacher."""
+        return self
 
     def describe(self) -> str:
         return type(self).__name__
