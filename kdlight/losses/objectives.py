@@ -46,6 +46,14 @@ class Divergence:
                                       self.chunk_size)
         return chunked_divergence(self.value_and_grad, student_logits, teacher, self.chunk_size)
 
+    def value_and_grad_on(self, student_logits: torch.Tensor, teacher: torch.Tensor | SparseTargets,
+                          need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One chunk, unchunked: values [n] and their gradient [n, V] against dense teacher logits
+        or top-k rows (the fused output head calls this per chunk)."""
+        if isinstance(teacher, SparseTargets):
+            return self._sparse_value_and_grad(student_logits, teacher.ids, teacher.log_probs, need_grad)
+        return self.value_and_grad(student_logits, teacher, need_grad)
+
     def _sparse_value_and_grad(self, student_logits: torch.Tensor, ids: torch.Tensor, log_probs: torch.Tensor,
                                need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The divergence over the teacher's support ([n, k] or [n, k+1] rows, closed form), and

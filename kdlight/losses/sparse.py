@@ -34,6 +34,15 @@ class SparseTargets:
         """[B, T, k] rows at the positions where `mask` ([B, T]) is set -> [N, k]."""
         return SparseTargets(self.ids[mask.bool()], self.log_probs[mask.bool()])
 
+    def take(self, positions: torch.Tensor) -> SparseTargets:
+        """[B, T, k] rows at flat positions (`kdlight.models.lm.target_positions`) -> [N, k]."""
+        return SparseTargets(self.ids.flatten(0, 1).index_select(0, positions),
+                             self.log_probs.flatten(0, 1).index_select(0, positions))
+
+    def rows(self, start: int, stop: int) -> SparseTargets:
+        """Rows start:stop of [N, k] targets (one chunk)."""
+        return SparseTargets(self.ids[start:stop], self.log_probs[start:stop])
+
 
 def restrict_to_support(student_logits: torch.Tensor, ids: torch.Tensor, teacher_log_probs: torch.Tensor,
                         missing_mass: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class StepTimer(L.Callback):
@@ -52,3 +53,15 @@ class StepTimer(L.Callback):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.times = list(state["times"])
         self._fit_before = state["fit_s"]
+
+
+class LossProgressBar(TQDMProgressBar):
+    """Lightning's progress bar, showing the step's `train/loss` as `loss` (the loop logs every
+    metric of a step in one call, for the loggers, and nothing to the bar itself)."""
+
+    def get_metrics(self, trainer, pl_module) -> dict[str, int | str | float | dict[str, float]]:
+        metrics = super().get_metrics(trainer, pl_module)
+        loss = trainer.callback_metrics.get("train/loss")
+        if loss is not None:
+            metrics["loss"] = f"{float(loss):.3g}"
+        return metrics

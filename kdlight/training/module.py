@@ -31,7 +31,7 @@ from kdlight.models.decoding import Decoding, predictions
 from kdlight.models.lm import target_logits
 from kdlight.models.lora import trainable_state_keys
 from kdlight.training.csv_log import ResumableCSVLogger
-from kdlight.training.objective import loss_terms
+from kdlight.training.objective import micro_batch_loss
 from kdlight.training.teacher import LiveTeacher, Teacher
 
 
@@ -51,6 +51,8 @@ class LoopOptions:
         min_lr_ratio: cosine decay ends at this fraction of the peak learning rate.
         teacher_placement: `replicate` (a full teacher per rank) or `shard` (FSDP2 across ranks,
             1/world of its memory per rank; see kdlight.training.teacher).
+        fused_head: form the logits of target positions chunk by chunk inside the loss for
+            students with a plain output head (kdlight.training.objective); false: full logits.
     """
 
     micro_batch_size: int | None = None
@@ -58,6 +60,7 @@ class LoopOptions:
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
     teacher_placement: str = "replicate"
+    fused_head: bool = True
 
 
 class DistillationModule(L.LightningModule):
@@ -190,18 +193,14 @@ class DistillationModule(L.LightningModule):
         for start in range(0, batch.size, micro):
             gold_part = batch.slice(start, start + micro)
             seq_part = gold_part if sequences is batch else sequences.slice(start, start + micro)
-            terms = loss_terms(self.method, self.student, self.teacher, gold_part, seq_part, self.vocab_size)
-            shares = {name: term.total / counts[term.over] for name, term in terms.items()}  # sum / global count
-            # x world size because DDP averages gradients over ranks.
-            loss = sum(terms[name].weight * share for name, share in shares.items()) * self.trainer.world_size
-            self.manual_backward(loss)
-            for name, share in shares.items():
-                logged[name] = logged.get(name, 0.0) + float(share.detach())
+            part = micro_batch_loss(self.method, self.student, self.teacher, gold_part, seq_part, self.vocab_size,
+                                    counts, fused=self.options.fused_head)
+            self.manual_backward(part.loss * self.trainer.world_size)  # DDP averages gradients over ranks
+            for name in part.terms:
+                logged[name] = logged.get(name, 0.0) + part.share(name, counts)
         self._stop_if_not_finite(logged)
         self._optimizer_step()
-        self._log_step(logged, batch.size)
-        for name, seconds in ctx.timings.items():  # e.g. on-policy generation, apart from the loss step
-            self.log(f"train/{name}", seconds, batch_size=batch.size)
+        self._log_step(logged, batch.size, ctx.timings)
     def _stop_if_not_finite(self, logged: dict[str, float]) -> None:
         """A loss that is NaN or infinite on any rank stops the run before the update is applied:
         training on would only spread it, and its model must not be saved or published."""
@@ -212,9 +211,9 @@ class DistillationModule(L.LightningModule):
                                      "it is usable. Lower the learning rate (optimizer.lr), clip gradients "
                                      "(loop.grad_clip), or check the data")
 
-    def _global_count(self, mask: torch.Tensor) -> torch.Tensor:
+    def _global_count(self, mask: torch.Tensor) -> float:
         count = mask.sum().to(torch.float32)
-        return self.trainer.strategy.reduce(count, reduce_op="sum").clamp(min=1.0)
+        return float(self.trainer.strategy.reduce(count, reduce_op="sum").clamp(min=1.0))
 
     def _optimizer_step(self) -> None:
         optimizer, scheduler = self.optimizers(), self.lr_schedulers()
@@ -224,18 +223,24 @@ class DistillationModule(L.LightningModule):
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
 
-    def _log_step(self, logged: dict[str, float], batch_size: int) -> None:
-        """Each term's share on this rank is its sum here / the global count, so the step's value
-        is the sum over ranks (`reduce_fx="sum"` with `sync_dist`)."""
+    def _log_step(self, logged: dict[str, float], batch_size: int, timings: dict[str, float]) -> None:
+        """One logging call per step. Each term's share on this rank is its sum here / the global
+        count, so the step's value is the sum over ranks: one tensor of every rank-local value,
+        summed across ranks at once (the learning rate and a source's timings, e.g. on-policy
+        generation seconds, are the same on every rank and divided back)."""
         weights = {"ce": self.method.ce_weight}
         if self.method.divergence is not None:
             weights[f"kd_{self.method.divergence.name}"] = self.method.kd_weight
-        terms = {f"train/{k}": torch.tensor(v, device=self.device) for k, v in logged.items()}
-        terms["train/loss"] = sum(weights[k] * terms[f"train/{k}"] for k in logged)
-        self.log_dict(terms, batch_size=batch_size, sync_dist=True, reduce_fx="sum")
-        self.log("train/lr", self.lr_schedulers().get_last_lr()[0], batch_size=batch_size)
-        self.log("loss", terms["train/loss"], prog_bar=True, logger=False, batch_size=batch_size,
-                 sync_dist=True, reduce_fx="sum")
+        values = {f"train/{k}": v for k, v in logged.items()}
+        values["train/loss"] = sum(weights[k] * v for k, v in logged.items())
+        world = self.trainer.world_size
+        values |= {"train/lr": self.lr_schedulers().get_last_lr()[0] / world}
+        values |= {f"train/{name}": seconds / world for name, seconds in timings.items()}
+        summed = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        if world > 1:
+            summed = self.trainer.strategy.reduce(summed, reduce_op="sum")
+        metrics = dict(zip(values, summed.tolist()))
+        self.log_dict(metrics, batch_size=batch_size)  # the progress bar shows train/loss (LossProgressBar)
 
     # --- evaluation ------------------------------------------------------------------------------
     def validation_step(self, batch: Batch, batch_idx: int) -> None:

@@ -36,10 +36,11 @@ from transformers import PreTrainedModel
 
 from kdlight.data.batch import Batch, collate
 from kdlight.data.module import PromptItem
+from kdlight.losses.fused import HeadInputs
 from kdlight.losses.sparse import SparseTargets
 from kdlight.methods.base import Method, PrepareContext
 from kdlight.models.decoding import Decoding, generate
-from kdlight.models.lm import target_logits
+from kdlight.models.lm import output_head, take_positions, target_hidden, target_logits
 from kdlight.targets.store import GenerationJournal, StoredSequence, TargetStore
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,16 @@ class Teacher(ABC):
     def distributions(self, batch: Batch, vocab_size: int, noisy: bool = True) -> torch.Tensor | SparseTargets:
         """The teacher at every target position of `batch`: [B, T, V] logits or [B, T, k] top-k.
         `noisy=False` switches a live teacher's training-time dropout off (held-out metrics)."""
+
+    def at_positions(self, batch: Batch, vocab_size: int, positions: torch.Tensor,
+                     head_inputs: bool = False) -> torch.Tensor | SparseTargets | HeadInputs:
+        """The teacher at the flat target positions of `batch` (`kdlight.models.lm.target_positions`):
+        [N, V] logits or [N, k] top-k rows. `head_inputs`: a live model may give its hidden
+        states and output head instead, which the fused loss projects chunk by chunk."""
+        targets = self.distributions(batch, vocab_size)
+        if isinstance(targets, SparseTargets):
+            return targets.take(positions)
+        return take_positions(targets, positions)
 
     @abstractmethod
     def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
@@ -121,6 +132,18 @@ class LiveTeacher(Teacher):
         self.model.train(self.dropout and noisy)
         with torch.no_grad():
             return target_logits(self.model, batch, vocab_size)
+
+    def at_positions(self, batch: Batch, vocab_size: int, positions: torch.Tensor,
+                     head_inputs: bool = False) -> torch.Tensor | SparseTargets | HeadInputs:
+        """With `head_inputs`, a replicated model with a plain output head (`output_head`) gives its
+        hidden states at the positions and its head: its [N, V] logits are then formed chunk by
+        chunk inside the loss, never all at once."""
+        head = output_head(self.model) if head_inputs and not self.sharded else None
+        if head is None:
+            return super().at_positions(batch, vocab_size, positions)
+        self.model.train(self.dropout)
+        with torch.no_grad():
+            return HeadInputs(target_hidden(self.model, batch, positions), head)
 
     def outputs(self, ctx: PrepareContext, decoding: Decoding, top_k: int = 0, batch_size: int = 32,
                 cache_dir: str | None = None, seed: int = 0) -> Outputs:

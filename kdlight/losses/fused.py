@@ -1,0 +1,127 @@
+"""The output head fused into the loss: `[N, V]` logits never exist at once.
+
+A step's losses need the student's logits only at target positions, and only row by row. Here the
+student's last hidden states `[N, H]` (and the teacher's, when it is a live model with a plain
+head) go through the output projection `chunk_size` positions at a time inside the loss; each
+chunk's cross-entropy and divergence give their value and closed-form gradient with respect to the
+chunk's logits (`kdlight.losses.divergences`), which the projection turns into gradients for the
+hidden states and the head's weight right away. Peak extra memory is a few chunk x V fp32 tensors
+plus the `[V, H]` weight gradient any implementation has, instead of several `[N, V]` tensors kept
+for the backward pass. The idea is Liger-Kernel's fused linear cross-entropy / JSD (Hsu et al.,
+2024), here in plain PyTorch and for every kdlight divergence.
+
+The terms are weighted when the loss is built (`ce_scale`, `kd_scale`: each term's weight over
+its global token count), so the function returns one scalar to backpropagate plus each term's
+plain sum for logging.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from kdlight.losses.chunked import CHUNK_ELEMENTS
+from kdlight.losses.objectives import Divergence
+from kdlight.losses.sparse import SparseTargets
+from kdlight.models.lm import OutputHead
+
+
+@dataclass
+class HeadInputs:
+    """A model's hidden states at the selected positions and its output head: logits = hidden @ W[:V].T + b[:V]."""
+
+    hidden: torch.Tensor  # [N, H]
+    head: OutputHead
+
+
+Teacher = HeadInputs | torch.Tensor | SparseTargets  # hidden + head, dense logits [N, V], or top-k rows [N, k]
+
+
+def cross_entropy_and_grad(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE per row in fp32 and its gradient softmax - onehot: [n, V], [n] -> [n], [n, V]."""
+    log_q = torch.log_softmax(logits.float(), -1)
+    rows = torch.arange(len(targets), device=logits.device)
+    value = -log_q[rows, targets]
+    grad = log_q.exp_()
+    grad[rows, targets] -= 1
+    return value, grad
+
+
+class _FusedHeadLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, vocab_size, ce_targets, ce_scale, divergence, teacher, kd_scale,
+                chunk_size):
+        n = hidden.shape[0]
+        weight_v = weight[:vocab_size]
+        bias_v = bias[:vocab_size] if bias is not None else None
+        need = ctx.needs_input_grad
+        grad_hidden = torch.zeros_like(hidden) if need[0] else None
+        grad_weight = torch.zeros_like(weight) if need[1] else None
+        grad_bias = torch.zeros_like(bias) if bias is not None and need[2] else None
+        sums = torch.zeros(2, dtype=torch.float32, device=hidden.device)  # CE, divergence
+        for start in range(0, n, chunk_size):
+            stop = min(start + chunk_size, n)
+            h = hidden[start:stop]
+            logits = torch.nn.functional.linear(h, weight_v, bias_v)  # [c, V]
+            grad = None
+            if ce_targets is not None:
+                value, grad = cross_entropy_and_grad(logits, ce_targets[start:stop])
+                sums[0] += value.sum()
+                grad.mul_(ce_scale)
+            if divergence is not None:
+                value, kd_grad = divergence.value_and_grad_on(logits, _teacher_rows(teacher, start, stop, vocab_size))
+                sums[1] += value.sum()
+                kd_grad = kd_grad.float().mul_(kd_scale)
+                grad = kd_grad if grad is None else grad.add_(kd_grad)
+            grad = grad.to(h.dtype)
+            if grad_hidden is not None:
+                grad_hidden[start:stop] = grad @ weight_v
+            if grad_weight is not None:
+                grad_weight[:vocab_size].addmm_(grad.T, h)
+            if grad_bias is not None:
+                grad_bias[:vocab_size] += grad.sum(0)
+        ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
+        loss = sums[0] * ce_scale + sums[1] * kd_scale
+        ctx.mark_non_differentiable(sums)
+        return loss, sums
+
+    @staticmethod
+    def backward(ctx, grad_loss, _grad_sums):
+        grads = [g.mul_(grad_loss.to(g.dtype)) if g is not None else None for g in ctx.saved_tensors]
+        return (*grads, None, None, None, None, None, None, None)
+
+
+def _teacher_rows(teacher: Teacher, start: int, stop: int, vocab_size: int):
+    if isinstance(teacher, HeadInputs):
+        with torch.no_grad():
+            bias = teacher.head.bias[:vocab_size] if teacher.head.bias is not None else None
+            return torch.nn.functional.linear(teacher.hidden[start:stop], teacher.head.weight[:vocab_size], bias)
+    if isinstance(teacher, SparseTargets):
+        return teacher.rows(start, stop)
+    return teacher[start:stop]
+
+
+def fused_head_loss(hidden: torch.Tensor, head: OutputHead, vocab_size: int, *, ce_targets: torch.Tensor | None = None,
+                    ce_scale: float = 0.0, divergence: Divergence | None = None, teacher: Teacher | None = None,
+                    kd_scale: float = 0.0, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """ce_scale·Σ CE + kd_scale·Σ divergence over N positions, without forming `[N, V]` logits.
+
+    Args:
+        hidden: the student's last hidden states at the positions, [N, H].
+        head: the student's output head (its weight gets a gradient when it requires one).
+        vocab_size: the vocabulary teacher and student share (rows beyond it are padding).
+        ce_targets: [N] token ids for a cross-entropy term, or None.
+        divergence: the divergence to the teacher, or None; `teacher` gives the teacher at the same
+            positions: its hidden states and head (a live model), dense logits [N, V], or top-k rows.
+        chunk_size: positions per chunk; None: 2^24 / V (the memory bound of the unfused divergences).
+    Returns:
+        the loss (a scalar to backpropagate) and the detached sums [Σ CE, Σ divergence].
+    """
+    if ce_targets is None and divergence is None:
+        raise ValueError("fused_head_loss needs a cross-entropy term, a divergence, or both")
+    if divergence is not None and teacher is None:
+        raise ValueError("fused_head_loss: a divergence needs the teacher at the same positions")
+    chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(1, vocab_size))
+    return _FusedHeadLoss.apply(hidden, head.weight, head.bias, vocab_size, ce_targets, ce_scale, divergence, teacher,
+                                kd_scale, chunk)
