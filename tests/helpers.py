@@ -78,3 +78,17 @@ def fit_spawned(make_trainer, *args, **kwargs) -> L.Trainer:
             warnings.warn(f"a spawned worker aborted after its work ({error}); running the spawn once more",
                           stacklevel=2)
     raise AssertionError("unreachable")
+
+
+def sqlgen_datamodule(sqlgen_root, tokenizer, n_train: int):
+    """A small text-to-SQL data module on the generated sqlgen data: n_train training examples,
+    batches of 4, 4 evaluation examples."""
+    from kdlight.data.module import DataSpec, TaskDataModule
+    from kdlight.tasks.text2sql import PromptParts, SpiderSource, Text2SQLTask
+
+    task = Text2SQLTask(SpiderSource(str(sqlgen_root)), PromptParts(sample_values=False))
+    dm = TaskDataModule(DataSpec(task, batch_size=4, eval_batch_size=8, max_prompt_tokens=64, limit_train=n_train,
+                                 limit_eval=4), "sqlgen")
+    dm.connect(tokenizer)
+    dm.setup()
+    return dm

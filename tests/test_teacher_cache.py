@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kdlight.data.module import DataSpec, TaskDataModule
+from kdlight.data.module import DataSpec
 from kdlight.losses import ForwardKL, ReverseKL, select_positions
 from kdlight.losses.sparse import SparseTargets
 from kdlight.methods import GoldSequences, Method
@@ -23,19 +23,14 @@ from kdlight.training import teacher_cache
 from kdlight.training.module import DistillationModule, LoopOptions
 from kdlight.training.teacher import LiveTeacher
 from kdlight.training.teacher_cache import CachedSparseTeacher, TeacherCacheSpec, batch_keys, check_cacheable
-from tests.helpers import TINY_LLAMA, cpu_trainer, tiny_model
+from tests.helpers import sqlgen_datamodule, TINY_LLAMA, cpu_trainer, tiny_model
 
 N_TRAIN = 12
 
 
 @pytest.fixture
 def datamodule(sqlgen_root, tokenizer):
-    task = Text2SQLTask(SpiderSource(str(sqlgen_root)), PromptParts(sample_values=False))
-    dm = TaskDataModule(DataSpec(task, batch_size=4, eval_batch_size=8, max_prompt_tokens=64, limit_train=N_TRAIN,
-                                 limit_eval=4), "sqlgen")
-    dm.connect(tokenizer)
-    dm.setup()
-    return dm
+    return sqlgen_datamodule(sqlgen_root, tokenizer, N_TRAIN)
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 from kdlight.data.batch import collate
-from kdlight.data.module import DataSpec, TaskDataModule
 from kdlight.losses import ForwardKL, TotalVariation, token_cross_entropy
 from kdlight.losses.sparse import SparseTargets
 from kdlight.methods import Method, StepContext
@@ -20,23 +19,17 @@ from kdlight.methods.teacher_outputs import TeacherOutputs
 from kdlight.models import Decoding, generate, target_logits
 from kdlight.models.build import save_model
 from kdlight.targets.store import TargetStore
-from kdlight.tasks.text2sql import PromptParts, SpiderSource, Text2SQLTask
 from kdlight.training.module import DistillationModule, LoopOptions
 from kdlight.training.objective import loss_terms
 from kdlight.training.teacher import LiveTeacher, StoredTeacher, teacher_fingerprint
-from tests.helpers import cpu_trainer, tiny_model
+from tests.helpers import sqlgen_datamodule, cpu_trainer, tiny_model
 
 N_TRAIN = 12
 
 
 @pytest.fixture
 def datamodule(sqlgen_root, tokenizer):
-    task = Text2SQLTask(SpiderSource(str(sqlgen_root)), PromptParts(sample_values=False))
-    dm = TaskDataModule(DataSpec(task, batch_size=4, eval_batch_size=8, max_prompt_tokens=64, limit_train=N_TRAIN,
-                                 limit_eval=4), "sqlgen")
-    dm.connect(tokenizer)
-    dm.setup()
-    return dm
+    return sqlgen_datamodule(sqlgen_root, tokenizer, N_TRAIN)
 
 
 def greedy(n: int = 8) -> Decoding:

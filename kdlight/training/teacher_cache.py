@@ -8,7 +8,7 @@ top-k log-probabilities at every target position are computed once, before the f
 on disk and read back by every later epoch and student; the step then runs the student only, with
 the sparse divergence of `kdlight.losses.sparse` (the teacher's mass outside its top-k dropped and
 both sides renormalised, or kept as one `rest` bucket). DistillKit keeps a teacher's top-k the
-same way; what the truncation costs is measured in experiments/speed/CACHE.md.
+same way; what the truncation costs is measured in experiments/speed/README.md.
 
 The cache is a folder per (teacher checkpoint and dtype, k, vocabulary size) under
 `<cache_dir>/teacher_topk/`, holding shard files. An entry is keyed by its sequence's prompt and
