@@ -7,6 +7,10 @@ Every decoding choice is passed to Hugging Face `generate` explicitly, and the m
 settings nor a library default leaks in. The leak this guards against was real: `transformers`
 fills an unset `top_k` with 50, so "sampling from the student" silently sampled from its top 50
 tokens only, while GKD and ImitKD sample from the full distribution (`top_k: 0` here).
+
+Greedy decoding and full-distribution sampling of float32 Llama / Qwen2 models on a CPU (the
+students of on-policy methods) run `kdlight.models.fast_decode` instead: HF's greedy outputs on a
+preallocated KV cache, without `generate`'s per-step overhead; `hf_generate` is the reference.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import torch
 from transformers import GenerationConfig, PreTrainedModel
 
 from kdlight.data.batch import Batch
+from kdlight.models.fast_decode import fast_generate, unsupported_reason
 
 STRATEGIES = ("greedy", "beam", "sample")
 
@@ -38,6 +43,10 @@ class Decoding:
         max_new_tokens: longest continuation, EOS included.
         length_penalty: beam search's exponent on the length when ranking finished beams
             (1.0: the mean log-probability per token, as Hugging Face ranks them).
+        compile: run the fast decoder's step (`kdlight.models.fast_decode`) through
+            `torch.compile`: a one-time compilation of tens of seconds per process and model, then
+            faster steps; for long on-policy runs. No effect where HF `generate` decodes; not part
+            of `key()` (the outputs are the same).
     """
 
     strategy: str = "greedy"
@@ -48,6 +57,7 @@ class Decoding:
     num_return_sequences: int = 1
     max_new_tokens: int = 128
     length_penalty: float = 1.0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
@@ -134,7 +144,25 @@ def generate(model: PreTrainedModel, batch: Batch, decoding: Decoding, eos_id: i
     rows of the embedding) are never produced. `synced`: keep stepping until every rank is done,
     which a model sharded across ranks needs (its forward is collective). Works for causal LMs
     (left-padded prompts) and seq2seq LMs (prompt to the encoder).
+
+    Greedy decoding and full-distribution sampling with the models `kdlight.models.fast_decode`
+    supports (float32 Llama / Qwen2 on a CPU) run its static-cache decoder, which gives HF's greedy
+    outputs faster; everything else, and every sharded (`synced`) model, runs HF `generate`.
     """
+    if synced or unsupported_reason(model, decoding.strategy, decoding.top_k, decoding.top_p) is not None:
+        return hf_generate(model, batch, decoding, eos_id, pad_id, vocab_size, synced)
+    n = decoding.num_return_sequences  # prompt-major, as HF expands them
+    new = fast_generate(model, batch.prompt_ids.repeat_interleave(n, dim=0), batch.prompt_mask.repeat_interleave(n, dim=0),
+                        decoding.max_new_tokens, eos_id, pad_id, vocab_size, sample=decoding.strategy == "sample",
+                        temperature=decoding.temperature, compile=decoding.compile)
+    return _cut_at_eos(new.tolist(), eos_id)
+
+
+@torch.no_grad()
+def hf_generate(model: PreTrainedModel, batch: Batch, decoding: Decoding, eos_id: int, pad_id: int, vocab_size: int,
+                synced: bool = False) -> list[list[int]]:
+    """`generate` with Hugging Face `generate` for every model and setting (the reference the fast
+    decoder is checked and measured against)."""
     model_vocab = model.get_output_embeddings().weight.shape[0]
     start = model.config.decoder_start_token_id if model.config.is_encoder_decoder else None
     config = generation_config(decoding, eos_id, pad_id, list(range(vocab_size, model_vocab)), start)
@@ -142,7 +170,11 @@ def generate(model: PreTrainedModel, batch: Batch, decoding: Decoding, eos_id: i
         out = model.generate(input_ids=batch.prompt_ids, attention_mask=batch.prompt_mask, generation_config=config,
                              synced_gpus=synced)
     new = out[:, 1:] if model.config.is_encoder_decoder else out[:, batch.prompt_ids.shape[1]:]
-    return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in new.tolist()]
+    return _cut_at_eos(new.tolist(), eos_id)
+
+
+def _cut_at_eos(rows: list[list[int]], eos_id: int) -> list[list[int]]:
+    return [row[: row.index(eos_id) + 1] if eos_id in row else row for row in rows]
 
 
 def predictions(model: PreTrainedModel, batch: Batch, decoding: Decoding, eos_id: int, pad_id: int, vocab_size: int,
