@@ -18,7 +18,7 @@ same seed (the table says whether they came out equal to HF's too). Timing: one 
 each, then `--blocks` blocks, each timing one call of each in alternating order; tokens/s =
 generated tokens (cut after EOS) / wall time of the call, prompt forward included. Reported:
 medians with min-max, and ratios of the medians to HF's. Writes decode_bench.json (settings and
-raw times) next to this file or to --out.
+raw times) to experiments/speed/results/ or to --out.
 """
 
 from __future__ import annotations
@@ -168,7 +168,7 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=11)
     parser.add_argument("--no-compile", dest="compile", action="store_false",
                         help="skip the torch.compile column (its compilation takes tens of seconds per model)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).with_name("decode_bench.json"))
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decode_bench.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     tokenizer = synthetic_tokenizer(args.vocab)
@@ -178,6 +178,7 @@ def main() -> None:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     report = {"settings": settings, "vocab_size": len(tokenizer), "torch": torch.__version__,
               "machine": platform.processor() or platform.machine(), "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print(f"\nwritten to {args.out}")
 
