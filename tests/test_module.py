@@ -135,3 +135,19 @@ def test_method_needing_a_teacher_without_one_is_refused(tokenizer):
 def test_method_with_nothing_to_train_is_refused():
     with pytest.raises(ValueError, match="nothing to train"):
         Method("empty", GoldSequences(), None, ce_weight=0.0)
+
+
+def test_one_logging_call_gives_the_loggers_every_metric_and_the_bar_the_loss(tokenizer, tmp_path):
+    import lightning as L
+
+    from kdlight.training.callbacks import LossProgressBar
+
+    module = make_module(tokenizer, rkd(ce_weight=0.5))
+    bar = LossProgressBar(refresh_rate=1)
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, callbacks=[bar],
+                        enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=loader(toy_batches(tokenizer)))
+    logged = trainer.callback_metrics
+    assert {"train/ce", "train/kd_rkl", "train/loss", "train/lr"} <= set(logged)
+    assert float(logged["train/lr"]) == pytest.approx(0.5)  # SGD lr 0.5, warm-up of one step done
+    assert bar.get_metrics(trainer, module)["loss"] == f"{float(logged['train/loss']):.3g}"
