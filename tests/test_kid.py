@@ -156,3 +156,35 @@ def test_kid_run_adds_the_mask_token_and_saves_it_with_the_student(sqlgen_root, 
     assert train(cfg)["steps"] == 2
     saved = load_tokenizer(tmp_path / "run" / "model")
     assert saved.mask_token == MASK_TOKEN and saved.mask_token_id == len(saved) - 1
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_ce_gold_on_sequences_reads_the_rewrite_and_scores_the_gold_tokens(tokenizer, fused):
+    """ce_on=gold_on_sequences: CE of the gold tokens given the rewritten prefix, from the same
+    student pass as the divergence; ce_on=gold keeps CE on the clean gold sequence."""
+    one_pass = make_module(tokenizer, Method("kid1", KidSequences(alpha=0.4), ReverseKL(), ce_on="gold_on_sequences"))
+    batch = gold(tokenizer)
+    ctx = StepContext(one_pass.student, one_pass.teacher, tokenizer, len(tokenizer), torch.Generator().manual_seed(0))
+    rewritten = one_pass.method.source.sequences(batch, ctx)
+    assert not torch.equal(rewritten.target_ids, batch.target_ids)
+    terms = loss_terms(one_pass.method, one_pass.student, one_pass.teacher, batch, rewritten, len(tokenizer),
+                       fused=fused)
+    mask = batch.target_mask.bool()
+    logits = target_logits(one_pass.student, rewritten, len(tokenizer))[mask]
+    expected = torch.nn.functional.cross_entropy(logits, batch.target_ids[mask], reduction="sum")
+    torch.testing.assert_close(terms["ce"].total, expected.detach(), rtol=1e-5, atol=1e-5)
+    assert terms["ce"].over == "gold"
+    two_pass = Method("kid", KidSequences(alpha=0.4), ReverseKL())
+    clean = loss_terms(two_pass, one_pass.student, one_pass.teacher, batch, rewritten, len(tokenizer), fused=fused)
+    torch.testing.assert_close(terms["kd_rkl"].total, clean["kd_rkl"].total)
+    assert not torch.allclose(clean["ce"].total, terms["ce"].total, rtol=1e-5)  # another prefix, another value
+
+
+def test_ce_gold_on_sequences_refuses_sequences_of_other_lengths(tokenizer):
+    module = make_module(tokenizer, Method("x", GoldSequences(), ReverseKL(), ce_on="gold_on_sequences"))
+    batch, other = gold(tokenizer), toy_batches(tokenizer, n=8, seed=9)[0]
+    sequences = batch.with_targets(other.target_ids, other.target_mask)
+    with pytest.raises(ValueError, match="gold_on_sequences needs the source's sequences to align"):
+        loss_terms(module.method, module.student, module.teacher, batch, sequences, len(tokenizer))
+    with pytest.raises(ValueError, match="ce_on must be one of"):
+        Method("x", GoldSequences(), ReverseKL(), ce_on="labels")

@@ -149,6 +149,9 @@ class SequenceSource(ABC):
         """The batch to teacher-force teacher and student on (the same prompts as `gold`)."""
 
 
+CE_ON = ("gold", "sequences", "gold_on_sequences")
+
+
 @dataclass
 class Method:
     """One distillation method.
@@ -159,8 +162,10 @@ class Method:
         divergence: divergence between teacher and student on those sequences; None for SFT.
         ce_weight: weight of the auxiliary cross-entropy (0 = none).
         kd_weight: weight of the divergence term.
-        ce_on: `gold` (the dataset's targets, as KID adds to its baselines) or `sequences` (the
-            source's, e.g. SeqKD's CE on the teacher's outputs).
+        ce_on: `gold` (the dataset's targets, as KID adds to its baselines), `sequences` (the
+            source's, e.g. SeqKD's CE on the teacher's outputs), or `gold_on_sequences` (gold
+            labels read through the source's sequences, which must align with gold position for
+            position: one student pass instead of two, e.g. for KID).
         teacher_dropout: run the teacher with dropout on (noisy KD).
     """
 
@@ -175,8 +180,8 @@ class Method:
     def __post_init__(self) -> None:
         if self.divergence is None and self.ce_weight == 0:
             raise ValueError(f"method '{self.name}': no divergence and ce_weight=0 leaves nothing to train on")
-        if self.ce_on not in ("gold", "sequences"):
-            raise ValueError(f"method '{self.name}': ce_on must be 'gold' or 'sequences', got '{self.ce_on}'")
+        if self.ce_on not in CE_ON:
+            raise ValueError(f"method '{self.name}': ce_on must be one of {CE_ON}, got '{self.ce_on}'")
 
     @property
     def needs_teacher(self) -> bool:

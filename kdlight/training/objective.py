@@ -4,8 +4,10 @@ its global token count.
 The loop passes the global number of target tokens of the optimisation step (all micro-batches,
 all ranks) for each kind of batch, so gradient accumulation and DDP give the update of one big
 batch. Two terms exist:
-- `ce`: cross-entropy on the gold targets (`method.ce_on: gold`) or on the source's sequences
-  (`sequences`, e.g. SeqKD's CE on the teacher's outputs); unlabeled rows have no gold tokens;
+- `ce`: cross-entropy on the gold targets (`method.ce_on: gold`), on the source's sequences
+  (`sequences`, e.g. SeqKD's CE on the teacher's outputs), or with the gold tokens as labels and the
+  source's sequences as inputs (`gold_on_sequences`, for sources that rewrite gold in place, as
+  KID does: one student pass for both terms); unlabeled rows have no gold tokens;
 - `kd_<divergence>`: the divergence between student and teacher on the source's sequences; the
   teacher gives dense logits or sparse top-k log-probabilities, and the divergence takes either.
 
@@ -69,7 +71,16 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: Teacher 
     if method.divergence is not None and teacher is None:
         raise ValueError(f"method '{method.name}' needs a teacher")
     ce_over = "sequences" if method.ce_on == "sequences" or sequences is gold else "gold"
-    ce_batch = sequences if ce_over == "sequences" else gold
+    # The batch the student reads for CE, and its labels: gold on gold, the source's sequences on
+    # themselves, or gold labels on the source's sequences (`gold_on_sequences`: one student pass).
+    ce_batch = sequences if ce_over == "sequences" or method.ce_on == "gold_on_sequences" else gold
+    ce_labels = ce_batch.target_ids
+    if method.ce_on == "gold_on_sequences" and sequences is not gold:
+        if not torch.equal(sequences.target_mask, gold.target_mask):
+            raise ValueError(f"method '{method.name}': ce_on=gold_on_sequences needs the source's sequences to "
+                             "align with the gold targets position for position (as KID's rewrites do); "
+                             f"{type(method.source).__name__} changes their lengths: use ce_on=gold")
+        ce_labels = gold.target_ids
     ce_scale = method.ce_weight / counts[ce_over]
     kd_scale = method.kd_weight / counts["sequences"]
     kd_name = f"kd_{method.divergence.name}" if method.divergence is not None else None
@@ -85,7 +96,7 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: Teacher 
         ce_here = method.ce_weight > 0 and ce_batch is sequences and kd_name is not None  # one pass for both
         if kd_name is not None:
             hidden = target_hidden(student, sequences, kd_positions)
-            targets = sequences.target_ids.flatten()[kd_positions] if ce_here else None
+            targets = ce_labels.flatten()[kd_positions] if ce_here else None
             loss, sums = fused_head_loss(hidden, head, vocab_size, ce_targets=targets, ce_scale=ce_scale,
                                          divergence=method.divergence, kd_scale=kd_scale,
                                          teacher=teacher.at_positions(sequences, vocab_size, kd_positions, True))
@@ -96,7 +107,7 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: Teacher 
             positions = target_positions(ce_batch.target_mask)
             hidden = target_hidden(student, ce_batch, positions)
             loss, sums = fused_head_loss(hidden, head, vocab_size, ce_scale=ce_scale,
-                                         ce_targets=ce_batch.target_ids.flatten()[positions])
+                                         ce_targets=ce_labels.flatten()[positions])
             add("ce", loss, sums[0], method.ce_weight, ce_over)
         return _ordered(out)
 
@@ -106,8 +117,7 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: Teacher 
     if method.ce_weight > 0:
         logits = seq_logits if ce_batch is sequences else target_logits(student, gold, vocab_size)
         positions = target_positions(ce_batch.target_mask)
-        total = token_cross_entropy(take_positions(logits, positions),
-                                    ce_batch.target_ids.flatten()[positions]).sum()
+        total = token_cross_entropy(take_positions(logits, positions), ce_labels.flatten()[positions]).sum()
         add("ce", total * ce_scale, total, method.ce_weight, ce_over)
     if kd_name is not None:
         total = method.divergence(take_positions(seq_logits, kd_positions),
