@@ -22,7 +22,7 @@ import torch
 
 from kdlight.data.batch import Batch
 from kdlight.methods.base import SequenceSource, StepContext, evaluating
-from kdlight.models.lm import target_logits
+from kdlight.models.lm import output_head, target_hidden, target_logits, target_positions
 
 STRATEGIES = ("random", "uniform", "hard", "easy")
 REWRITES = ("argmax", "sample", "mask_only")
@@ -73,9 +73,23 @@ class KidSequences(SequenceSource):
         if self.rewrite == "mask_only":
             return gold.with_targets(masked, gold.target_mask)
         with evaluating(ctx.student) as student:  # one student forward over x ⊕ y_masked
-            logits = target_logits(student, gold.with_targets(masked, gold.target_mask), ctx.vocab_size)
-        predicted = self._predict(logits, ctx.generator)  # [B, T]
+            predicted = self._predict_at(student, gold.with_targets(masked, gold.target_mask), chosen, ctx)
         return gold.with_targets(torch.where(chosen, predicted, gold.target_ids), gold.target_mask)
+
+    def _predict_at(self, student, masked: Batch, chosen: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        """[B, T] the student's rewrite (meaningful where `chosen`). With argmax and a plain output
+        head only the chosen positions are projected to the vocabulary (a fifth of the targets at
+        α = 0.2: the projection is most of a small student's forward at a large vocabulary)."""
+        head = output_head(student) if self.rewrite == "argmax" else None
+        if head is None:  # sampling draws at every position, so its random stream stays the same
+            return self._predict(target_logits(student, masked, ctx.vocab_size), ctx.generator)
+        positions = target_positions(chosen)
+        bias = head.bias[: ctx.vocab_size] if head.bias is not None else None
+        logits = torch.nn.functional.linear(target_hidden(student, masked, positions), head.weight[: ctx.vocab_size],
+                                            bias)
+        predicted = masked.target_ids.flatten().clone()
+        predicted[positions] = logits.argmax(-1)
+        return predicted.view_as(masked.target_ids)
 
     def choose_positions(self, gold: Batch, ctx: StepContext) -> torch.Tensor:
         """[B, T] bool: the target positions to mask, a subset of `gold.target_mask`."""
