@@ -188,3 +188,10 @@ def test_ce_gold_on_sequences_refuses_sequences_of_other_lengths(tokenizer):
         loss_terms(module.method, module.student, module.teacher, batch, sequences, len(tokenizer))
     with pytest.raises(ValueError, match="ce_on must be one of"):
         Method("x", GoldSequences(), ReverseKL(), ce_on="labels")
+
+
+def test_ce_gold_on_sequences_is_refused_for_sources_that_write_other_sequences():
+    from kdlight.methods.on_policy import StudentSamples
+
+    with pytest.raises(ValueError, match="StudentSamples does not keep gold's target positions"):
+        Method("gkd", StudentSamples(lam=0.5), ReverseKL(), ce_on="gold_on_sequences")

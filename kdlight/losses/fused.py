@@ -57,8 +57,10 @@ class _FusedHeadLoss(torch.autograd.Function):
         bias_v = bias[:vocab_size] if bias is not None else None
         need = ctx.needs_input_grad
         grad_hidden = torch.zeros_like(hidden) if need[0] else None
-        grad_weight = torch.zeros_like(weight) if need[1] else None
-        grad_bias = torch.zeros_like(bias) if bias is not None and need[2] else None
+        # The head's gradients add up over chunks: in fp32, whatever the weights' dtype (bf16 sums of
+        # many chunks lose ~1%), cast once at the end.
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need[1] else None
+        grad_bias = torch.zeros_like(bias, dtype=torch.float32) if bias is not None and need[2] else None
         sums = torch.zeros(2, dtype=torch.float32, device=hidden.device)  # CE, divergence
         for start in range(0, n, chunk_size):
             stop = min(start + chunk_size, n)
@@ -78,9 +80,11 @@ class _FusedHeadLoss(torch.autograd.Function):
             if grad_hidden is not None:
                 grad_hidden[start:stop] = grad @ weight_v
             if grad_weight is not None:
-                grad_weight[:vocab_size].addmm_(grad.T, h)
+                grad_weight[:vocab_size].addmm_(grad.T.float(), h.float())
             if grad_bias is not None:
-                grad_bias[:vocab_size] += grad.sum(0)
+                grad_bias[:vocab_size] += grad.float().sum(0)
+        grad_weight = grad_weight.to(weight.dtype) if grad_weight is not None else None
+        grad_bias = grad_bias.to(bias.dtype) if grad_bias is not None else None
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         loss = sums[0] * ce_scale + sums[1] * kd_scale
         ctx.mark_non_differentiable(sums)

@@ -141,6 +141,12 @@ class SequenceSource(ABC):
         them can be computed once and cached (`teacher_cache`)."""
         return False
 
+    @property
+    def aligned_with_gold(self) -> bool:
+        """Every sequence it writes has gold's target positions, token for token (gold itself,
+        KID's in-place rewrites): gold labels can be read through it (`ce_on: gold_on_sequences`)."""
+        return False
+
     def prepare(self, ctx: PrepareContext) -> None:
         """Work before the first step, on every rank (only called when `needs_preparation`)."""
 
@@ -182,6 +188,10 @@ class Method:
             raise ValueError(f"method '{self.name}': no divergence and ce_weight=0 leaves nothing to train on")
         if self.ce_on not in CE_ON:
             raise ValueError(f"method '{self.name}': ce_on must be one of {CE_ON}, got '{self.ce_on}'")
+        if self.ce_on == "gold_on_sequences" and not self.source.aligned_with_gold:
+            raise ValueError(f"method '{self.name}': ce_on=gold_on_sequences reads the gold labels through the "
+                             f"source's sequences, but {type(self.source).__name__} does not keep gold's target "
+                             "positions (only gold and KID's rewrites do): use ce_on=gold")
 
     @property
     def needs_teacher(self) -> bool:

@@ -18,5 +18,9 @@ class GoldSequences(SequenceSource):
     def fixed_sequences(self) -> bool:
         return True
 
+    @property
+    def aligned_with_gold(self) -> bool:
+        return True
+
     def sequences(self, gold: Batch, ctx: StepContext) -> Batch:
         return gold

@@ -50,6 +50,10 @@ class KidSequences(SequenceSource):
     def needs_mask_token(self) -> bool:
         return self.mask_token == "dedicated"
 
+    @property
+    def aligned_with_gold(self) -> bool:
+        return True  # rewrites tokens in place
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"kid alpha must be in [0, 1], got {self.alpha}")

@@ -19,10 +19,12 @@ as the model itself. Here:
   rows get the pad token, and decoding stops once every row has emitted EOS.
 - optionally (`compile=True`) the step runs through `torch.compile` (see `compiled_step`).
 
-The arithmetic is HF's (the same modules, positions counted from the first column of the padded
-prompt as HF 5 does, the model's own rotary embedding); only the attention sums in another order
-than SDPA's kernel (and inductor fuses differently when compiled), so logits may differ in the
-last bits, which changes a greedy token only at an exact tie: greedy outputs equal HF `generate`'s
+The arithmetic is HF's up to rounding: the same modules and the model's own rotary embedding;
+positions are counted by column here, while `generate` counts them from each row's first real
+token, which gives the same attention (rotary attention depends only on relative positions; the
+padding is masked) but not the same bits; and the attention sums in another order than SDPA's
+kernel (inductor fuses differently again when compiled). Logits may therefore differ in the last
+bits, which changes a greedy token only at an exact tie: greedy outputs equal HF `generate`'s
 token for token (tests/test_fast_decode.py). Sampling makes the same calls on the global generator
 as HF (one multinomial over the full model vocabulary per step, finished rows included), so under
 one seed it reproduces HF's draws whenever the logits agree (they did on every model tested); the

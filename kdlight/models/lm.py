@@ -16,13 +16,15 @@ from dataclasses import dataclass
 
 import torch
 from peft import PeftModel
-from transformers import PreTrainedModel
+from transformers import (LlamaForCausalLM, MistralForCausalLM, PreTrainedModel, Qwen2ForCausalLM,
+                          Qwen3ForCausalLM)
 
 from kdlight.data.batch import Batch
 
 # Causal LMs whose forward is exactly `lm_head(model(...).last_hidden_state)`: no logit soft-capping
-# (Gemma 2), no logit scale (Cohere), no scaling of the hidden state (tied T5).
-PLAIN_HEAD_MODELS = ("llama", "qwen2", "qwen3", "mistral")
+# (Gemma 2), no logit scale (Cohere), no scaling of the hidden state (tied T5). Matched by exact
+# class, so a subclass or remote-code model with another forward never slips in.
+PLAIN_HEAD_MODELS = (LlamaForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM, MistralForCausalLM)
 
 
 def target_logits(model: PreTrainedModel, batch: Batch, vocab_size: int | None = None) -> torch.Tensor:
@@ -74,8 +76,7 @@ def output_head(model: PreTrainedModel) -> OutputHead | None:
     takes the model's logits)."""
     base = model.get_base_model() if isinstance(model, PeftModel) else model
     head = base.get_output_embeddings()
-    if (base.config.is_encoder_decoder or getattr(base.config, "model_type", None) not in PLAIN_HEAD_MODELS
-            or not isinstance(head, torch.nn.Linear) or not hasattr(base, "model")):
+    if type(base) not in PLAIN_HEAD_MODELS or type(head) is not torch.nn.Linear:
         return None
     return OutputHead(head.weight, head.bias)
 

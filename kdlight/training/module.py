@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import lightning as L
 import torch
+from lightning.pytorch.strategies import FSDPStrategy
 from peft import PeftModel
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -194,13 +195,19 @@ class DistillationModule(L.LightningModule):
             gold_part = batch.slice(start, start + micro)
             seq_part = gold_part if sequences is batch else sequences.slice(start, start + micro)
             part = micro_batch_loss(self.method, self.student, self.teacher, gold_part, seq_part, self.vocab_size,
-                                    counts, fused=self.options.fused_head)
+                                    counts, fused=self._fused_head)
             self.manual_backward(part.loss * self.trainer.world_size)  # DDP averages gradients over ranks
             for name in part.terms:
                 logged[name] = logged.get(name, 0.0) + part.share(name, counts)
         self._stop_if_not_finite(logged)
         self._optimizer_step()
         self._log_step(logged, batch.size, ctx.timings)
+    @property
+    def _fused_head(self) -> bool:
+        """The fused head reads the head's weight outside the head's own forward, which a sharded
+        (FSDP) student's hooks would not see: full logits there."""
+        return self.options.fused_head and not isinstance(self.trainer.strategy, FSDPStrategy)
+
     def _stop_if_not_finite(self, logged: dict[str, float]) -> None:
         """A loss that is NaN or infinite on any rank stops the run before the update is applied:
         training on would only spread it, and its model must not be saved or published."""
@@ -225,21 +232,20 @@ class DistillationModule(L.LightningModule):
 
     def _log_step(self, logged: dict[str, float], batch_size: int, timings: dict[str, float]) -> None:
         """One logging call per step. Each term's share on this rank is its sum here / the global
-        count, so the step's value is the sum over ranks: one tensor of every rank-local value,
-        summed across ranks at once (the learning rate and a source's timings, e.g. on-policy
-        generation seconds, are the same on every rank and divided back)."""
+        count, so the step's value is the sum over ranks: the terms (the same names on every rank:
+        the method's) go in one tensor, summed across ranks at once. The learning rate and a
+        source's timings (e.g. on-policy generation seconds) are this rank's own, not reduced."""
         weights = {"ce": self.method.ce_weight}
         if self.method.divergence is not None:
             weights[f"kd_{self.method.divergence.name}"] = self.method.kd_weight
-        values = {f"train/{k}": v for k, v in logged.items()}
-        values["train/loss"] = sum(weights[k] * v for k, v in logged.items())
-        world = self.trainer.world_size
-        values |= {"train/lr": self.lr_schedulers().get_last_lr()[0] / world}
-        values |= {f"train/{name}": seconds / world for name, seconds in timings.items()}
-        summed = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
-        if world > 1:
-            summed = self.trainer.strategy.reduce(summed, reduce_op="sum")
-        metrics = dict(zip(values, summed.tolist()))
+        names = sorted(logged)
+        shares = torch.tensor([logged[name] for name in names], dtype=torch.float64, device=self.device)
+        if self.trainer.world_size > 1:
+            shares = self.trainer.strategy.reduce(shares, reduce_op="sum")
+        metrics = {f"train/{name}": value for name, value in zip(names, shares.tolist())}
+        metrics["train/loss"] = sum(weights[name] * metrics[f"train/{name}"] for name in names)
+        metrics["train/lr"] = self.lr_schedulers().get_last_lr()[0]
+        metrics |= {f"train/{name}": seconds for name, seconds in timings.items()}
         self.log_dict(metrics, batch_size=batch_size)  # the progress bar shows train/loss (LossProgressBar)
 
     # --- evaluation ------------------------------------------------------------------------------

@@ -76,10 +76,10 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: Teacher 
     ce_batch = sequences if ce_over == "sequences" or method.ce_on == "gold_on_sequences" else gold
     ce_labels = ce_batch.target_ids
     if method.ce_on == "gold_on_sequences" and sequences is not gold:
-        if not torch.equal(sequences.target_mask, gold.target_mask):
+        if not torch.equal(sequences.target_mask, gold.target_mask):  # the source declared it (Method checks)
             raise ValueError(f"method '{method.name}': ce_on=gold_on_sequences needs the source's sequences to "
-                             "align with the gold targets position for position (as KID's rewrites do); "
-                             f"{type(method.source).__name__} changes their lengths: use ce_on=gold")
+                             f"align with the gold targets position for position, but {type(method.source).__name__}"
+                             " changed their lengths")
         ce_labels = gold.target_ids
     ce_scale = method.ce_weight / counts[ce_over]
     kd_scale = method.kd_weight / counts["sequences"]

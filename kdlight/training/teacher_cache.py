@@ -173,7 +173,8 @@ class TopKStore:
         if shard.get("checksum") != _checksum(keys, lengths, ids, log_probs):
             raise ValueError("its checksum does not match its contents")
         offsets = [0, *torch.cumsum(lengths, 0).tolist()]
-        return {key: (ids[offsets[i]:offsets[i + 1]], log_probs[offsets[i]:offsets[i + 1]])
+        # Copies, not views: a view would keep its whole shard in memory, once per shard holding the key.
+        return {key: (ids[offsets[i]:offsets[i + 1]].clone(), log_probs[offsets[i]:offsets[i + 1]].clone())
                 for i, key in enumerate(keys)}
 
     def add(self, key: str, entry: Entry) -> None:
