@@ -151,3 +151,10 @@ def test_one_logging_call_gives_the_loggers_every_metric_and_the_bar_the_loss(to
     assert {"train/ce", "train/kd_rkl", "train/loss", "train/lr"} <= set(logged)
     assert float(logged["train/lr"]) == pytest.approx(0.5)  # SGD lr 0.5, warm-up of one step done
     assert bar.get_metrics(trainer, module)["loss"] == f"{float(logged['train/loss']):.3g}"
+
+
+def test_non_boolean_speed_switches_are_refused():
+    with pytest.raises(ValueError, match="loop.fused_head must be true or false, got 'maybe'"):
+        LoopOptions(fused_head="maybe")
+    with pytest.raises(ValueError, match="decoding compile must be true or false, got 'yes'"):
+        Decoding(compile="yes")

@@ -74,6 +74,8 @@ class Decoding:
         if self.temperature <= 0 or not 0 < self.top_p <= 1 or self.top_k < 0:
             raise ValueError(f"sampling needs temperature > 0, 0 < top_p <= 1 and top_k >= 0; got "
                              f"{self.temperature}, {self.top_p}, {self.top_k}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"decoding compile must be true or false, got {self.compile!r}")
         if self.max_new_tokens < 1 or self.num_return_sequences < 1:
             raise ValueError("max_new_tokens and num_return_sequences must be at least 1")
 

@@ -26,10 +26,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdlight.data.batch import Batch
 from kdlight.data.module import TaskDataModule
-from kdlight.losses import forward_kl, select_positions, token_cross_entropy
+from kdlight.losses import forward_kl, token_cross_entropy
 from kdlight.methods.base import Method, PrepareContext, StepContext
 from kdlight.models.decoding import Decoding, predictions
-from kdlight.models.lm import target_logits
+from kdlight.models.lm import take_positions, target_logits, target_positions
 from kdlight.models.lora import trainable_state_keys
 from kdlight.training.csv_log import ResumableCSVLogger
 from kdlight.training.objective import micro_batch_loss
@@ -62,6 +62,10 @@ class LoopOptions:
     min_lr_ratio: float = 0.1
     teacher_placement: str = "replicate"
     fused_head: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.fused_head, bool):
+            raise ValueError(f"loop.fused_head must be true or false, got {self.fused_head!r}")
 
 
 class DistillationModule(L.LightningModule):
@@ -202,6 +206,7 @@ class DistillationModule(L.LightningModule):
         self._stop_if_not_finite(logged)
         self._optimizer_step()
         self._log_step(logged, batch.size, ctx.timings)
+
     @property
     def _fused_head(self) -> bool:
         """The fused head reads the head's weight outside the head's own forward, which a sharded
@@ -252,15 +257,15 @@ class DistillationModule(L.LightningModule):
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
         """Held-out CE per target token, and the student's KL from the teacher when the teacher
         can score any sequence (a live model; not a store of outputs)."""
-        mask = batch.target_mask.bool()
-        n = int(mask.sum())
-        student = select_positions(target_logits(self.student, batch, self.vocab_size), mask)
-        ce = token_cross_entropy(student, batch.target_ids[mask]).sum() / max(n, 1)
+        positions = target_positions(batch.target_mask)
+        n = len(positions)
+        student = take_positions(target_logits(self.student, batch, self.vocab_size), positions)
+        ce = token_cross_entropy(student, batch.target_ids.flatten()[positions]).sum() / max(n, 1)
         self.log("val/ce", ce, batch_size=n, prog_bar=True)
         teacher = self.teacher.held_out() if self.teacher is not None else None  # a cache's live teacher
         if teacher is not None and teacher.scores_any_sequence:
             clean = teacher.distributions(batch, self.vocab_size, noisy=False)  # no teacher dropout here
-            kl = forward_kl(student, select_positions(clean, mask)).sum() / max(n, 1)
+            kl = forward_kl(student, take_positions(clean, positions)).sum() / max(n, 1)
             self.log("val/kl_from_teacher", kl, batch_size=n)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> list[tuple[int, list[int]]]:
