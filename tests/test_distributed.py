@@ -167,3 +167,49 @@ def test_ddp_ranks_share_the_teacher_output_generation(sqlgen_root, tokenizer, t
     prompts = dm.train_prompts()
     alone.prepare(PrepareContext(prompts, LiveTeacher(tiny_model(tokenizer, seed=1)), tokenizer, len(tokenizer)))
     assert [cached[p.text] for p in prompts] == alone.lookup(list(range(n))) and len(cached) == n
+
+
+def test_ddp_ranks_score_each_sequence_for_the_teacher_cache_once(sqlgen_root, tokenizer, tmp_path,
+                                                                 file_system_sharing):
+    """Two ranks score their shares of an epoch, then read each other's shards: every training
+    sequence is scored by exactly one rank (the shares change from epoch to epoch, so a rank that
+    judged "new" by its own sequences alone scored the other's again), and the cache holds what
+    one process computes."""
+    from kdlight.data.module import DataSpec, TaskDataModule
+    from kdlight.losses import ForwardKL
+    from kdlight.tasks.text2sql import PromptParts, SpiderSource, Text2SQLTask
+    from kdlight.training.teacher import LiveTeacher
+    from kdlight.training.teacher_cache import CachedSparseTeacher, TopKStore, batch_keys
+
+    n = 12  # whole global batches of 2 x 2: every epoch's shares cover the training set
+    task = Text2SQLTask(SpiderSource(str(sqlgen_root)), PromptParts(sample_values=False))
+    dm = TaskDataModule(DataSpec(task, batch_size=2, max_prompt_tokens=64, limit_train=n, limit_eval=2), "sqlgen")
+    dm.connect(tokenizer)
+    dm.setup()
+    sequences = {k for batch in dm.train_dataloader() for k in batch_keys(batch)}
+    assert len(sequences) == n
+
+    def cached(folder):
+        return CachedSparseTeacher(LiveTeacher(tiny_model(tokenizer, seed=1)), 8, len(tokenizer), str(folder))
+
+    teacher = cached(tmp_path / "ddp")
+    method = Method("fkd", GoldSequences(), ForwardKL(), ce_weight=1.0, kd_weight=1.0)
+    module = DistillationModule(tiny_model(tokenizer, seed=0), method, tokenizer, len(tokenizer),
+                                partial(torch.optim.SGD, lr=0.1), LoopOptions(warmup_steps=1), teacher)
+    fit_spawned(lambda: L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_steps=1, logger=False,
+                                  enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                                  use_distributed_sampler=False, default_root_dir=tmp_path),
+                module, datamodule=dm)
+    shards = sorted(teacher.folder.glob("shard-*.pt"))
+    scored = [key for path in shards for key in torch.load(path, weights_only=True)["sequences"]]
+    assert len(shards) >= 2 and len(scored) == len(set(scored))  # both ranks scored, nothing twice
+    assert set(scored) == sequences
+
+    alone = cached(tmp_path / "one")
+    alone.prepare(method, lambda epoch: iter(dm.train_dataloader()), lambda obj: [obj])
+    both = TopKStore(teacher.folder, teacher.store.key)
+    both.load()
+    assert both.entries.keys() == alone.store.entries.keys()
+    for key, (ids, log_probs) in alone.store.entries.items():
+        assert torch.equal(both.entries[key][0], ids)
+        torch.testing.assert_close(both.entries[key][1], log_probs)

@@ -18,9 +18,9 @@ rename), with a checksum over its contents: a killed precompute keeps every shar
 resumes with the sequences they lack; a truncated or altered shard is reported, deleted and its
 sequences scored again, never used. Concurrent runs may both score a sequence; their shards agree.
 
-Several ranks: each scores its share of the training batches, then every rank reads every shard;
-a sequence no rank scored (an epoch's share differs from the first) is scored when first met.
-Not tested on several processes here. Sequences that change per step (KID's rewrites, on-policy
+Several ranks: each scores the sequences of its share of an epoch's batches, then every rank reads
+the others' shards before the next epoch, so each sequence is scored once; the passes stop at the
+first epoch that brings no sequence new to any rank. Sequences that change per step (KID's rewrites, on-policy
 samples) or a teacher with dropout on (noisy KD) cannot be cached: such methods are refused.
 """
 
@@ -256,28 +256,30 @@ class CachedSparseTeacher(Teacher):
 
     def prepare(self, method: Method, sequences: Callable[[int], Iterable[Batch]],
                 gather: Callable[[object], list[object]]) -> None:
-        """Score every sequence of this rank's training batches that the cache lacks: epoch after
-        epoch until one brings no sequence not met before (gold: one pass and a check; K teacher
-        outputs per prompt: K passes)."""
+        """Score every sequence of this rank's training batches that the cache lacks, epoch after
+        epoch until one brings no sequence that any rank met before (gold: one pass and a check; K
+        teacher outputs per prompt: K passes). After each epoch every rank reads the others' new
+        shards, so a sequence scored by one rank is never scored again by another in a later epoch
+        (ranks share an epoch's batches between them, and the share changes from epoch to epoch)."""
         check_cacheable(method, self.live.placement)
         started, before, seen = time.perf_counter(), self.scored, set()
         for epoch in count():
             if epoch == MAX_PASSES:
                 log.warning(f"teacher cache: epoch {epoch} may still bring new sequences; they are scored when met")
                 break
-            fresh = 0
+            met = set()
             for batch in tqdm(sequences(epoch), desc=f"teacher top-{self.top_k} (epoch {epoch})", unit="batch"):
                 keys = batch_keys(batch)
-                new = {k for k in keys if k is not None} - seen
-                fresh += len(new)
-                seen.update(new)
+                met.update(k for k in keys if k is not None)
                 if any(k is not None and k not in self.store for k in keys):
                     self._score(batch, keys)
             self.store.flush()
+            met = set().union(*gather(met))  # every rank's shards of this epoch are written ...
+            self.store.load()  # ... and read by every rank
+            fresh = met - seen
+            seen |= met
             if not fresh:
                 break
-        gather(None)  # every rank's shards are written ...
-        self.store.load()  # ... and read by every rank
         log.info(f"teacher cache: {len(seen)} training sequences, {self.scored - before} scored by the live teacher "
                  f"in {time.perf_counter() - started:.1f}s, the rest read from {self.folder or 'memory'}")
 
