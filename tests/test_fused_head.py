@@ -86,12 +86,40 @@ def test_a_sparse_teacher_and_a_frozen_tied_head():
         torch.testing.assert_close(h1.grad, h2.grad, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("chunk", [1, 4, 5, None])
+def test_divergence_rows_and_cross_entropy_rows_stacked_in_one_call(chunk):
+    """Divergence on the first 7 rows, CE on the last 6 (rows 5-6 take both): the sum of the two
+    terms on their own rows, with chunks that straddle where each starts and ends."""
+    h, weight, b, targets, teacher, vocab = head_problem(n=13)
+    kd_teacher = HeadInputs(teacher.hidden[:7], teacher.head)
+    with torch.no_grad():
+        dense_teacher = torch.nn.functional.linear(kd_teacher.hidden, teacher.head.weight[:vocab])
+    divergence = GeneralizedJSD(beta=0.3)
+    h1, w1, b1 = leaves(h, weight, b)
+    loss, sums = fused_head_loss(h1, OutputHead(w1, b1), vocab, ce_targets=targets[-6:],
+                                 ce_scale=0.3, divergence=divergence, teacher=kd_teacher, kd_scale=0.7,
+                                 chunk_size=chunk)
+    loss.backward()
+    h2, w2, b2 = leaves(h, weight, b)
+    logits = torch.nn.functional.linear(h2, w2[:vocab], b2[:vocab])
+    ce = torch.nn.functional.cross_entropy(logits[-6:], targets[-6:], reduction="sum")
+    kd = divergence(logits[:7], dense_teacher).sum()
+    (0.3 * ce + 0.7 * kd).backward()
+    torch.testing.assert_close(sums, torch.stack([ce, kd]).detach(), rtol=1e-5, atol=1e-6)
+    for fused, full in ((h1, h2), (w1, w2), (b1, b2)):
+        torch.testing.assert_close(fused.grad, full.grad, rtol=1e-5, atol=1e-6)
+    assert h1.grad[5:7].abs().sum() > 0 and h1.grad[:5].abs().sum() > 0 and h1.grad[7:].abs().sum() > 0
+
+
 def test_nothing_to_compute_is_refused():
     h, weight, *_ = head_problem()
     with pytest.raises(ValueError, match="needs a cross-entropy term, a divergence, or both"):
         fused_head_loss(h, OutputHead(weight), 20)
     with pytest.raises(ValueError, match="needs the teacher"):
         fused_head_loss(h, OutputHead(weight), 20, divergence=ForwardKL(), kd_scale=1.0)
+    with pytest.raises(ValueError, match="11 rows of hidden states, 4 for the divergence .* and 3 for the cross"):
+        fused_head_loss(h, OutputHead(weight), 20, ce_targets=torch.zeros(3, dtype=torch.long),
+                        divergence=ForwardKL(), teacher=torch.zeros(4, 20), kd_scale=1.0)
 
 
 def grads_after(loss_fn, model):

@@ -53,6 +53,8 @@ class _FusedHeadLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, vocab_size, ce_targets, ce_scale, divergence, teacher, kd_scale,
                 chunk_size):
         n = hidden.shape[0]
+        n_kd = _teacher_len(teacher) if divergence is not None else 0  # the divergence: rows [0, n_kd)
+        ce_from = n - len(ce_targets) if ce_targets is not None else n  # cross-entropy: rows [ce_from, n)
         weight_v = weight[:vocab_size]
         bias_v = bias[:vocab_size] if bias is not None else None
         need = ctx.needs_input_grad
@@ -67,15 +69,18 @@ class _FusedHeadLoss(torch.autograd.Function):
             h = hidden[start:stop]
             logits = torch.nn.functional.linear(h, weight_v, bias_v)  # [c, V]
             grad = None
-            if ce_targets is not None:
-                value, grad = cross_entropy_and_grad(logits, ce_targets[start:stop])
+            if max(start, ce_from) < stop:
+                first = max(start, ce_from)
+                value, ce_grad = cross_entropy_and_grad(logits[first - start:],
+                                                        ce_targets[first - ce_from:stop - ce_from])
                 sums[0] += value.sum()
-                grad.mul_(ce_scale)
-            if divergence is not None:
-                value, kd_grad = divergence.value_and_grad_on(logits, _teacher_rows(teacher, start, stop, vocab_size))
+                grad = _add_rows(grad, ce_grad.mul_(ce_scale), first - start, logits)
+            if start < n_kd:
+                last = min(stop, n_kd)
+                value, kd_grad = divergence.value_and_grad_on(logits[:last - start],
+                                                              _teacher_rows(teacher, start, last, vocab_size))
                 sums[1] += value.sum()
-                kd_grad = kd_grad.float().mul_(kd_scale)
-                grad = kd_grad if grad is None else grad.add_(kd_grad)
+                grad = _add_rows(grad, kd_grad.float().mul_(kd_scale), 0, logits)
             grad = grad.to(h.dtype)
             if grad_hidden is not None:
                 grad_hidden[start:stop] = grad @ weight_v
@@ -96,6 +101,25 @@ class _FusedHeadLoss(torch.autograd.Function):
         return (*grads, None, None, None, None, None, None, None)
 
 
+def _add_rows(grad: torch.Tensor | None, part: torch.Tensor, offset: int, logits: torch.Tensor) -> torch.Tensor:
+    """A term's gradient for rows [offset, offset + len(part)) of the chunk, added to the chunk's
+    gradient so far (None: no term yet; a term covering the whole chunk is used as it is)."""
+    if grad is None:
+        if offset == 0 and len(part) == len(logits):
+            return part
+        grad = torch.zeros(logits.shape, dtype=torch.float32, device=logits.device)
+    grad[offset:offset + len(part)] += part
+    return grad
+
+
+def _teacher_len(teacher: Teacher) -> int:
+    if isinstance(teacher, HeadInputs):
+        return teacher.hidden.shape[0]
+    if isinstance(teacher, SparseTargets):
+        return teacher.ids.shape[0]
+    return teacher.shape[0]
+
+
 def _teacher_rows(teacher: Teacher, start: int, stop: int, vocab_size: int):
     if isinstance(teacher, HeadInputs):
         with torch.no_grad():
@@ -111,13 +135,20 @@ def fused_head_loss(hidden: torch.Tensor, head: OutputHead, vocab_size: int, *, 
                     kd_scale: float = 0.0, chunk_size: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """ce_scale·Σ CE + kd_scale·Σ divergence over N positions, without forming `[N, V]` logits.
 
+    The two terms may cover different rows: the divergence the first rows (as many as `teacher`
+    gives), the cross-entropy the last (as many as `ce_targets`). All rows for both when the CE
+    reads the sequences the divergence is taken on; the hidden states of two batches stacked
+    (divergence rows, then CE rows) when it reads another, e.g. gold: one call, so one `[V, H]`
+    weight gradient is held instead of two.
+
     Args:
         hidden: the student's last hidden states at the positions, [N, H].
         head: the student's output head (its weight gets a gradient when it requires one).
         vocab_size: the vocabulary teacher and student share (rows beyond it are padding).
-        ce_targets: [N] token ids for a cross-entropy term, or None.
-        divergence: the divergence to the teacher, or None; `teacher` gives the teacher at the same
-            positions: its hidden states and head (a live model), dense logits [N, V], or top-k rows.
+        ce_targets: [n_ce <= N] token ids of the last n_ce rows for a cross-entropy term, or None.
+        divergence: the divergence to the teacher, or None; `teacher` gives the teacher at the first
+            n_kd <= N rows: its hidden states and head (a live model), dense logits [n_kd, V], or
+            top-k rows.
         chunk_size: positions per chunk; None: 2^24 / V (the memory bound of the unfused divergences).
     Returns:
         the loss (a scalar to backpropagate) and the detached sums [Σ CE, Σ divergence].
@@ -126,6 +157,11 @@ def fused_head_loss(hidden: torch.Tensor, head: OutputHead, vocab_size: int, *, 
         raise ValueError("fused_head_loss needs a cross-entropy term, a divergence, or both")
     if divergence is not None and teacher is None:
         raise ValueError("fused_head_loss: a divergence needs the teacher at the same positions")
+    n, n_ce = hidden.shape[0], len(ce_targets) if ce_targets is not None else 0
+    n_kd = _teacher_len(teacher) if divergence is not None else 0
+    if n_ce > n or n_kd > n or n_ce + n_kd < n:
+        raise ValueError(f"fused_head_loss: {n} rows of hidden states, {n_kd} for the divergence (the first) and "
+                         f"{n_ce} for the cross-entropy (the last): each term at most all rows, together every row")
     chunk = chunk_size or max(1, CHUNK_ELEMENTS // max(1, vocab_size))
     return _FusedHeadLoss.apply(hidden, head.weight, head.bias, vocab_size, ce_targets, ce_scale, divergence, teacher,
                                 kd_scale, chunk)

@@ -93,22 +93,26 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: Teacher 
 
     kd_positions = target_positions(sequences.target_mask) if method.divergence is not None else None
     if head is not None:
-        ce_here = method.ce_weight > 0 and ce_batch is sequences and kd_name is not None  # one pass for both
+        # One fused call for both terms, so one [V, H] head gradient is held: CE on the divergence's
+        # rows when it reads the same sequences, else on the stacked hidden states of its own batch.
+        ce_here = method.ce_weight > 0 and ce_batch is sequences and kd_name is not None
+        hidden, ce_targets = [], None
         if kd_name is not None:
-            hidden = target_hidden(student, sequences, kd_positions)
-            targets = ce_labels.flatten()[kd_positions] if ce_here else None
-            loss, sums = fused_head_loss(hidden, head, vocab_size, ce_targets=targets, ce_scale=ce_scale,
-                                         divergence=method.divergence, kd_scale=kd_scale,
-                                         teacher=teacher.at_positions(sequences, vocab_size, kd_positions, True))
-            add(kd_name, loss, sums[1], method.kd_weight, "sequences")
-            if ce_here:
-                out.terms["ce"] = LossTerm(sums[0], method.ce_weight, ce_over)
+            hidden.append(target_hidden(student, sequences, kd_positions))
+            ce_targets = ce_labels.flatten()[kd_positions] if ce_here else None
         if method.ce_weight > 0 and not ce_here:
             positions = target_positions(ce_batch.target_mask)
-            hidden = target_hidden(student, ce_batch, positions)
-            loss, sums = fused_head_loss(hidden, head, vocab_size, ce_scale=ce_scale,
-                                         ce_targets=ce_labels.flatten()[positions])
-            add("ce", loss, sums[0], method.ce_weight, ce_over)
+            hidden.append(target_hidden(student, ce_batch, positions))
+            ce_targets = ce_labels.flatten()[positions]
+        at_teacher = teacher.at_positions(sequences, vocab_size, kd_positions, True) if kd_name is not None else None
+        loss, sums = fused_head_loss(torch.cat(hidden) if len(hidden) > 1 else hidden[0], head, vocab_size,
+                                     ce_targets=ce_targets, ce_scale=ce_scale, divergence=method.divergence,
+                                     teacher=at_teacher, kd_scale=kd_scale)
+        out.loss = loss
+        if ce_targets is not None:
+            out.terms["ce"] = LossTerm(sums[0], method.ce_weight, ce_over)
+        if kd_name is not None:
+            out.terms[kd_name] = LossTerm(sums[1], method.kd_weight, "sequences")
         return _ordered(out)
 
     seq_logits = None
