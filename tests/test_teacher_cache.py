@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from kdlight.data.module import DataSpec
-from kdlight.losses import ForwardKL, ReverseKL, select_positions
+from kdlight.losses import ForwardKL, ReverseKL
 from kdlight.losses.sparse import SparseTargets
 from kdlight.methods import GoldSequences, Method
 from kdlight.methods.kid import KidSequences
 from kdlight.methods.on_policy import StudentSamples
 from kdlight.models import ModelSpec, target_logits
+from kdlight.models.lm import target_positions
 from kdlight.run import Run, train
 from kdlight.tasks.text2sql import PromptParts, SpiderSource, Text2SQLTask
 from kdlight.training import teacher_cache
@@ -76,11 +77,11 @@ def test_cached_top_k_is_the_live_top_k_and_its_loss_and_gradient_are_the_sparse
     for got in (targets, again):
         assert torch.equal(got.ids[mask.bool()], ids[mask.bool()])
         assert torch.equal(got.log_probs[mask.bool()], values[mask.bool()])
-    student_logits = select_positions(target_logits(tiny_model(tokenizer, seed=0), batch, len(tokenizer)), mask)
-    reference = SparseTargets(ids, values).select(mask)
+    student_logits = target_logits(tiny_model(tokenizer, seed=0), batch, len(tokenizer))[mask.bool()]
+    reference = SparseTargets(ids[mask.bool()], values[mask.bool()])
     for divergence in (ForwardKL(), ReverseKL(), ForwardKL(missing_mass="rest")):
         grads = []
-        for teacher_targets in (again.select(mask), reference):
+        for teacher_targets in (again.take(target_positions(mask)), reference):
             logits = student_logits.detach().requires_grad_(True)
             loss = divergence(logits, teacher_targets)
             loss.sum().backward()
@@ -95,9 +96,9 @@ def test_full_support_renormalised_is_the_dense_divergence(tokenizer, datamodule
     teacher = cached(tokenizer, None, top_k=10 * vocab)  # capped at the vocabulary: every token kept
     batch = next(iter(datamodule.train_dataloader()))
     mask = batch.target_mask
-    student_logits = select_positions(target_logits(tiny_model(tokenizer, seed=0), batch, vocab), mask)
-    dense = select_positions(target_logits(teacher.model, batch, vocab), mask)
-    sparse = teacher.distributions(batch, vocab).select(mask)
+    student_logits = target_logits(tiny_model(tokenizer, seed=0), batch, vocab)[mask.bool()]
+    dense = target_logits(teacher.model, batch, vocab)[mask.bool()]
+    sparse = teacher.distributions(batch, vocab).take(target_positions(mask))
     assert teacher.top_k == vocab and sparse.ids.shape[1] == vocab
     torch.testing.assert_close(divergence(student_logits, sparse), divergence(student_logits, dense),
                                rtol=1e-5, atol=1e-6)

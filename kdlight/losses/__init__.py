@@ -9,9 +9,9 @@ from kdlight.losses.divergences import (forward_kl, generalized_jsd, jensen_shan
                                         skew_reverse_kl, total_variation)
 from kdlight.losses.objectives import (Divergence, ForwardKL, GeneralizedJSD, JensenShannon, ReverseKL,
                                        SkewForwardKL, SkewReverseKL, TotalVariation)
-from kdlight.losses.reduction import masked_token_sum, select_positions, token_cross_entropy
+from kdlight.losses.reduction import token_cross_entropy
 
 __all__ = ["Divergence", "ForwardKL", "GeneralizedJSD", "JensenShannon", "ReverseKL", "SkewForwardKL",
            "SkewReverseKL", "TotalVariation", "chunked_divergence", "forward_kl", "generalized_jsd",
-           "jensen_shannon", "masked_token_sum", "reverse_kl", "select_positions", "skew_forward_kl",
-           "skew_reverse_kl", "token_cross_entropy", "total_variation"]
+           "jensen_shannon", "reverse_kl", "skew_forward_kl", "skew_reverse_kl", "token_cross_entropy",
+           "total_variation"]

@@ -30,10 +30,6 @@ class SparseTargets:
     ids: torch.Tensor
     log_probs: torch.Tensor
 
-    def select(self, mask: torch.Tensor) -> SparseTargets:
-        """[B, T, k] rows at the positions where `mask` ([B, T]) is set -> [N, k]."""
-        return SparseTargets(self.ids[mask.bool()], self.log_probs[mask.bool()])
-
     def take(self, positions: torch.Tensor) -> SparseTargets:
         """[B, T, k] rows at flat positions (`kdlight.models.lm.target_positions`) -> [N, k]."""
         return SparseTargets(self.ids.flatten(0, 1).index_select(0, positions),
