@@ -13,7 +13,7 @@ from kdlight.losses import (ForwardKL, GeneralizedJSD, JensenShannon, ReverseKL,
 from kdlight.methods import GoldSequences, Method
 from kdlight.models import Decoding, generate, target_logits
 from kdlight.training.module import DistillationModule, LoopOptions
-from kdlight.training.objective import loss_terms
+from kdlight.training.objective import micro_batch_loss
 from tests.helpers import cpu_trainer, loader, tiny_model, toy_batches
 
 NO_CLIP = LoopOptions(grad_clip=None, warmup_steps=1, min_lr_ratio=1.0)
@@ -100,7 +100,7 @@ def test_loss_terms_are_sums_over_target_tokens(tokenizer):
     """Each term of the loss equals a hand computation in float64 on the whole batch."""
     module = make_module(tokenizer, rkd(ce_weight=0.5))
     batch = toy_batches(tokenizer)[0]
-    terms = loss_terms(module.method, module.student, module.teacher, batch, batch, len(tokenizer))
+    terms = micro_batch_loss(module.method, module.student, module.teacher, batch, batch, len(tokenizer)).terms
     mask = batch.target_mask.bool()
     s = target_logits(module.student, batch)[mask].double()
     t = target_logits(module.teacher.model, batch, len(tokenizer))[mask].double()
@@ -117,7 +117,7 @@ def test_the_step_loss_is_each_term_divided_by_the_global_token_count(tokenizer,
     method = rkd(ce_weight=0.5)
     module = make_module(tokenizer, method)
     batch = toy_batches(tokenizer)[0]
-    terms = loss_terms(method, module.student, module.teacher, batch, batch, len(tokenizer))  # before the step
+    terms = micro_batch_loss(method, module.student, module.teacher, batch, batch, len(tokenizer)).terms  # before the step
     n = float(batch.target_mask.sum())
     cpu_trainer(tmp_path, max_steps=1).fit(module, train_dataloaders=loader([batch]))
     logged = module.trainer.callback_metrics

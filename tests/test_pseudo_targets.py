@@ -21,7 +21,7 @@ from kdlight.models import Decoding, generate, target_logits
 from kdlight.tasks.jsonl import JsonlTask
 from kdlight.training import teacher as teacher_module
 from kdlight.training.module import DistillationModule, LoopOptions
-from kdlight.training.objective import loss_terms
+from kdlight.training.objective import micro_batch_loss
 from kdlight.training.teacher import LiveTeacher
 from tests.helpers import cpu_trainer, tiny_model
 
@@ -125,7 +125,7 @@ def test_unlabeled_inputs_never_contribute_ce(jsonl_files, tokenizer, tmp_path):
     batch = full_batch(dm)
     sequences = source.sequences(batch, context(student, teacher, tokenizer))
     method = Method("pt+gold ce", source, ForwardKL(), ce_weight=1.0, ce_on="gold")
-    terms = loss_terms(method, student, teacher, batch, sequences, len(tokenizer))
+    terms = micro_batch_loss(method, student, teacher, batch, sequences, len(tokenizer)).terms
     labeled = batch.take(torch.arange(N_LABELED))
     mask = labeled.target_mask.bool()
     expected = torch.nn.functional.cross_entropy(target_logits(student, labeled, len(tokenizer))[mask.bool()],
@@ -184,7 +184,7 @@ def test_joint_teaching_targets_are_student_samples_without_the_prompt_and_get_t
     assert all(len(t) <= 5 < int(n) for t, n in zip(sequences.targets(), prompt_lengths))  # no prompt in them
     assert torch.equal(sequences.prompt_ids, batch.prompt_ids)
     method = Method("joint_teaching", source, ForwardKL(), ce_weight=0.0)
-    terms = loss_terms(method, student, teacher, batch, sequences, len(tokenizer))
+    terms = micro_batch_loss(method, student, teacher, batch, sequences, len(tokenizer)).terms
     assert set(terms) == {"kd_fkl"}
     mask = sequences.target_mask.bool()
     kl = forward_kl(target_logits(student, sequences, len(tokenizer))[mask.bool()],

@@ -20,7 +20,7 @@ from kdlight.models import Decoding, generate, target_logits
 from kdlight.models.build import save_model
 from kdlight.targets.store import TargetStore
 from kdlight.training.module import DistillationModule, LoopOptions
-from kdlight.training.objective import loss_terms
+from kdlight.training.objective import micro_batch_loss
 from kdlight.training.teacher import LiveTeacher, StoredTeacher, teacher_fingerprint
 from tests.helpers import sqlgen_datamodule, cpu_trainer, tiny_model
 
@@ -132,13 +132,13 @@ def test_seqkd_ce_is_on_the_teacher_outputs(tokenizer, datamodule, tmp_path):
     seq = method.source.sequences(gold, StepContext(student, teacher, tokenizer, len(tokenizer), torch.Generator()))
     assert seq.targets() == method.source.lookup(gold.index.tolist()) != gold.targets()
     assert torch.equal(seq.prompt_ids, gold.prompt_ids)
-    terms = loss_terms(method, student, teacher, gold, seq, len(tokenizer))
+    terms = micro_batch_loss(method, student, teacher, gold, seq, len(tokenizer)).terms
     logits = target_logits(student, seq, len(tokenizer))
     mask = seq.target_mask.bool()
     assert set(terms) == {"ce"} and terms["ce"].over == "sequences"
     assert torch.allclose(terms["ce"].total, token_cross_entropy(logits[mask], seq.target_ids[mask]).sum())
     with_fkl = Method("seqkd_fkl", method.source, ForwardKL(), ce_weight=0.0, ce_on="sequences")
-    assert list(loss_terms(with_fkl, student, teacher, gold, seq, len(tokenizer))) == ["kd_fkl"]
+    assert list(micro_batch_loss(with_fkl, student, teacher, gold, seq, len(tokenizer)).terms) == ["kd_fkl"]
 
 
 def test_fdistill_mixes_teacher_outputs_and_student_samples(tokenizer, datamodule, tmp_path):

@@ -130,12 +130,6 @@ def micro_batch_loss(method: Method, student: PreTrainedModel, teacher: Teacher 
     return _ordered(out)
 
 
-def loss_terms(method: Method, student: PreTrainedModel, teacher: Teacher | None, gold: Batch, sequences: Batch,
-               vocab_size: int, fused: bool = True) -> dict[str, LossTerm]:
-    """Each term of `method`'s loss on one batch: its plain sum over its target tokens."""
-    return micro_batch_loss(method, student, teacher, gold, sequences, vocab_size, fused=fused).terms
-
-
 def _ordered(out: MicroBatchLoss) -> MicroBatchLoss:
     """`ce` first, then the divergence: the order every logger and report shows."""
     out.terms = dict(sorted(out.terms.items(), key=lambda item: item[0] != "ce"))
