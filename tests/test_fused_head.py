@@ -19,7 +19,7 @@ from kdlight.training.module import DistillationModule, LoopOptions
 from kdlight.training.objective import micro_batch_loss
 from kdlight.training.teacher import LiveTeacher
 from kdlight.training.teacher_cache import CachedSparseTeacher
-from tests.helpers import cpu_trainer, loader, tiny_model, toy_batches
+from tests.helpers import TINY_LLAMA, cpu_trainer, loader, tiny_model, toy_batches
 
 DIVERGENCES = [ForwardKL(), ReverseKL(), JensenShannon(), GeneralizedJSD(beta=0.3), TotalVariation(),
                SkewForwardKL(alpha=0.1), SkewReverseKL(alpha=0.1), ForwardKL(temperature=2.0)]
@@ -185,13 +185,29 @@ def test_lora_student_and_cached_sparse_teacher(tokenizer):
                          batch)
 
 
-def test_a_t5_student_takes_the_unfused_path(tokenizer):
-    student = tiny_model(tokenizer, "t5", seed=0)
+GEMMA2_SOFTCAPPED = dict(TINY_LLAMA, head_dim=8, final_logit_softcapping=0.5, query_pre_attn_scalar=8)
+
+
+@pytest.mark.parametrize("family", ["t5", "gemma2"])
+def test_models_whose_logits_are_not_the_plain_projection_take_the_unfused_path(tokenizer, family):
+    """T5 (an encoder-decoder) and Gemma 2 (its logits soft-capped after the projection) have no
+    plain output head: their loss is taken on their own logits, so a tight cap still shows in it."""
+    config = GEMMA2_SOFTCAPPED if family == "gemma2" else {}
+    student, teacher = (tiny_model(tokenizer, family, seed=seed, **config) for seed in (0, 1))
     assert output_head(student) is None
-    out = micro_batch_loss(Method("fkd", GoldSequences(), ForwardKL()), student,
-                           LiveTeacher(tiny_model(tokenizer, "t5", seed=1)), *[toy_batches(tokenizer)[0]] * 2,
-                           len(tokenizer))
-    assert set(out.terms) == {"ce", "kd_fkl"} and float(out.loss.detach()) > 0
+    batch, vocab = toy_batches(tokenizer)[0], len(tokenizer)
+    out = micro_batch_loss(Method("fkd", GoldSequences(), ForwardKL()), student, LiveTeacher(teacher), batch, batch,
+                           vocab)
+    positions = target_positions(batch.target_mask)
+    logits = take_positions(target_logits(student, batch, vocab), positions)
+    with torch.no_grad():
+        teacher_logits = take_positions(target_logits(teacher, batch, vocab), positions)
+    if family == "gemma2":
+        assert logits.abs().max() <= 0.5  # the cap is in the model's logits
+    ce = torch.nn.functional.cross_entropy(logits, batch.target_ids.flatten()[positions], reduction="sum")
+    torch.testing.assert_close(out.terms["ce"].total, ce.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.terms["kd_fkl"].total, ForwardKL()(logits, teacher_logits).sum().detach(),
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_live_teacher_head_inputs_project_to_its_logits(tokenizer):
