@@ -58,7 +58,14 @@ def run_name(base: str) -> str:
     return f"{base} [{overrides}]" if overrides else base
 
 
+def gpus_per_node(accelerator: str, devices: int) -> int:
+    """The GPUs a SLURM job asks for per node: the trainer's devices on a GPU trainer, none on a
+    CPU one (whose devices are processes, each given CPUs by `cpus_per_task`)."""
+    return int(devices) if str(accelerator) in ("gpu", "cuda") else 0
+
+
 OmegaConf.register_new_resolver("kd_dirname", job_dirname, replace=True)
+OmegaConf.register_new_resolver("kd_gpus_per_node", gpus_per_node, replace=True)
 OmegaConf.register_new_resolver("kd_run_group", run_group, replace=True)
 OmegaConf.register_new_resolver("kd_run_name", run_name, replace=True)
 CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
