@@ -21,7 +21,7 @@ from kdlight.methods import GoldSequences, Method
 from kdlight.methods.teacher_outputs import TeacherOutputs
 from kdlight.models import Decoding, ModelSpec
 from kdlight.tasks.jsonl import JsonlTask
-from kdlight.training.objective import loss_terms
+from kdlight.training.objective import micro_batch_loss
 from tests.conftest import REPO
 from tests.helpers import TINY_LLAMA, tiny_model
 
@@ -109,8 +109,8 @@ def test_unlabeled_rows_never_carry_a_gold_loss(tmp_path, tokenizer):
     teacher = tiny_model(tokenizer, seed=1)
     from kdlight.training.teacher import LiveTeacher
 
-    both = loss_terms(method, student, LiveTeacher(teacher), batch, batch, len(tokenizer))
-    alone = loss_terms(method, student, LiveTeacher(teacher), labeled_only, labeled_only, len(tokenizer))
+    both = micro_batch_loss(method, student, LiveTeacher(teacher), batch, batch, len(tokenizer)).terms
+    alone = micro_batch_loss(method, student, LiveTeacher(teacher), labeled_only, labeled_only, len(tokenizer)).terms
     for name in ("ce", "kd_fkl"):  # the unlabeled rows add nothing to either term
         assert float(both[name].total.detach()) == pytest.approx(float(alone[name].total.detach()), rel=1e-5)
 

@@ -9,7 +9,7 @@ from kdlight.losses import ReverseKL
 from kdlight.methods import GoldSequences, Method, StepContext
 from kdlight.methods.kid import KidSequences
 from kdlight.models.lm import target_logits
-from kdlight.training.objective import loss_terms
+from kdlight.training.objective import micro_batch_loss
 from tests.helpers import tiny_model, toy_batches
 from tests.test_module import make_module
 
@@ -89,8 +89,8 @@ def test_alpha_zero_is_rkd_on_gold(tokenizer):
     ctx = StepContext(kid.student, kid.teacher, tokenizer, len(tokenizer), torch.Generator(), 0)
     sequences = kid.method.source.sequences(batch, ctx)
     assert sequences is batch
-    a = loss_terms(kid.method, kid.student, kid.teacher, batch, sequences, len(tokenizer))
-    b = loss_terms(rkd.method, rkd.student, rkd.teacher, batch, batch, len(tokenizer))
+    a = micro_batch_loss(kid.method, kid.student, kid.teacher, batch, sequences, len(tokenizer)).terms
+    b = micro_batch_loss(rkd.method, rkd.student, rkd.teacher, batch, batch, len(tokenizer)).terms
     assert {k: float(v.total.detach()) for k, v in a.items()} == {k: float(v.total.detach()) for k, v in b.items()}
 
 
@@ -167,15 +167,15 @@ def test_ce_gold_on_sequences_reads_the_rewrite_and_scores_the_gold_tokens(token
     ctx = StepContext(one_pass.student, one_pass.teacher, tokenizer, len(tokenizer), torch.Generator().manual_seed(0))
     rewritten = one_pass.method.source.sequences(batch, ctx)
     assert not torch.equal(rewritten.target_ids, batch.target_ids)
-    terms = loss_terms(one_pass.method, one_pass.student, one_pass.teacher, batch, rewritten, len(tokenizer),
-                       fused=fused)
+    terms = micro_batch_loss(one_pass.method, one_pass.student, one_pass.teacher, batch, rewritten, len(tokenizer),
+                       fused=fused).terms
     mask = batch.target_mask.bool()
     logits = target_logits(one_pass.student, rewritten, len(tokenizer))[mask]
     expected = torch.nn.functional.cross_entropy(logits, batch.target_ids[mask], reduction="sum")
     torch.testing.assert_close(terms["ce"].total, expected.detach(), rtol=1e-5, atol=1e-5)
     assert terms["ce"].over == "gold"
     two_pass = Method("kid", KidSequences(alpha=0.4), ReverseKL())
-    clean = loss_terms(two_pass, one_pass.student, one_pass.teacher, batch, rewritten, len(tokenizer), fused=fused)
+    clean = micro_batch_loss(two_pass, one_pass.student, one_pass.teacher, batch, rewritten, len(tokenizer), fused=fused).terms
     torch.testing.assert_close(terms["kd_rkl"].total, clean["kd_rkl"].total)
     assert not torch.allclose(clean["ce"].total, terms["ce"].total, rtol=1e-5)  # another prefix, another value
 
@@ -185,7 +185,7 @@ def test_ce_gold_on_sequences_refuses_sequences_of_other_lengths(tokenizer):
     batch, other = gold(tokenizer), toy_batches(tokenizer, n=8, seed=9)[0]
     sequences = batch.with_targets(other.target_ids, other.target_mask)
     with pytest.raises(ValueError, match="gold_on_sequences needs the source's sequences to align"):
-        loss_terms(module.method, module.student, module.teacher, batch, sequences, len(tokenizer))
+        micro_batch_loss(module.method, module.student, module.teacher, batch, sequences, len(tokenizer))
     with pytest.raises(ValueError, match="ce_on must be one of"):
         Method("x", GoldSequences(), ReverseKL(), ce_on="labels")
 

@@ -9,7 +9,7 @@ from kdlight.losses import GeneralizedJSD
 from kdlight.methods import GoldSequences, Method, StepContext
 from kdlight.methods.on_policy import StudentSamples
 from kdlight.models import Decoding, generate
-from kdlight.training.objective import loss_terms
+from kdlight.training.objective import micro_batch_loss
 from tests.helpers import cpu_trainer, loader, tiny_model, toy_batches
 from tests.test_module import make_module
 
@@ -26,8 +26,8 @@ def test_lambda_zero_is_the_gold_sequence_method(tokenizer):
     batch = toy_batches(tokenizer)[0]
     for step in range(5):  # never replaced, whatever the draws
         assert gkd.method.source.sequences(batch, context(tokenizer, gkd.student, seed=step)) is batch
-    a = loss_terms(gkd.method, gkd.student, gkd.teacher, batch, batch, len(tokenizer))
-    b = loss_terms(gold_method.method, gold_method.student, gold_method.teacher, batch, batch, len(tokenizer))
+    a = micro_batch_loss(gkd.method, gkd.student, gkd.teacher, batch, batch, len(tokenizer)).terms
+    b = micro_batch_loss(gold_method.method, gold_method.student, gold_method.teacher, batch, batch, len(tokenizer)).terms
     assert {k: float(v.total.detach()) for k, v in a.items()} == {k: float(v.total.detach()) for k, v in b.items()}
 
 
