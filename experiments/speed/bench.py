@@ -19,8 +19,8 @@ Variants (kdlight's methods from conf/method/*.yaml through Hydra, as `kdlight-t
   trl_default   TRL GKDTrainer λ 0, β 0.5, T 1, seq_kd off, its defaults (gradient checkpointing on,
                 so the KV cache off)
   trl_nogc      the same with gradient checkpointing off (KV cache on)
-  kid, rkd, sft kdlight, method=kid / rkd / sft
-  kid_one_pass  kdlight, method=kid method.ce_on=gold_on_sequences (CE and RKL from one student pass)
+  kid, rkd, sft kdlight, method=kid / rkd / sft (KID's CE and RKL from one student pass)
+  kid_gold_ce   kdlight, method=kid method.ce_on=gold (CE on the clean gold: a second student pass)
   fkd           kdlight, method=fkd with the live teacher
   fkd_cache64   kdlight, method=fkd with the cached sparse teacher (teacher_cache.top_k=64, in memory)
   onpolicy      kdlight, method=gkd method.source.lam=1 (the student samples every target)
@@ -105,7 +105,7 @@ VARIANTS = {
     "trl_default": "TRL GKDTrainer λ 0, defaults (gradient checkpointing on, KV cache off)",
     "trl_nogc": "TRL GKDTrainer λ 0, gradient checkpointing off",
     "kid": "kdlight method=kid",
-    "kid_one_pass": "kdlight method=kid method.ce_on=gold_on_sequences",
+    "kid_gold_ce": "kdlight method=kid method.ce_on=gold",
     "rkd": "kdlight method=rkd",
     "sft": "kdlight method=sft",
     "fkd": "kdlight method=fkd, live teacher",
@@ -116,7 +116,7 @@ VARIANTS = {
 METHOD_OVERRIDES = {
     "kd_gjsd": ["method=gkd", "method.source.lam=0.0"],
     "kid": ["method=kid"],
-    "kid_one_pass": ["method=kid", "method.ce_on=gold_on_sequences"],
+    "kid_gold_ce": ["method=kid", "method.ce_on=gold"],
     "rkd": ["method=rkd"],
     "sft": ["method=sft"],
     "fkd": ["method=fkd"],
@@ -131,7 +131,7 @@ RATIOS = [
      "trl_default", "≤ 0.65"),
     ("kd_trl_nogc", "kdlight / TRL GKDTrainer, λ 0, checkpointing off", "kd_gjsd", "trl_nogc", "–"),
     ("kid_rkd", "KID step / RKD-on-gold step", "kid", "rkd", "≤ 1.15"),
-    ("kid_one_pass_rkd", "KID step, CE of gold labels on the rewrite (one student pass) / RKD step", "kid_one_pass",
+    ("kid_gold_ce_rkd", "KID step, CE on the clean gold (a second student pass) / RKD step", "kid_gold_ce",
      "rkd", "–"),
     ("rkd_sft", "RKD step / SFT step", "rkd", "sft", "–"),
     ("kid_sft", "KID step / SFT step", "kid", "sft", "–"),

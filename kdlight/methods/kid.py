@@ -3,8 +3,10 @@
 Simulates the cascade of inference errors of on-policy distillation without generating: a
 fraction α of the gold target's positions is masked, one no-grad student forward predicts them,
 and the prediction is written back, giving an imperfect target ŷ. Teacher and student are then
-teacher-forced on ŷ (reverse KL, the method's divergence) while the CE term stays on the clean
-gold (the loop computes it on the gold batch). Prompt tokens are never touched.
+teacher-forced on ŷ (reverse KL, the method's divergence); the CE term scores the gold tokens,
+by default with the student reading ŷ in the same pass (`ce_on: gold_on_sequences`: ŷ is
+aligned with the gold target position for position), or on the clean gold sequence in a pass of
+its own (`ce_on: gold`). Prompt tokens are never touched.
 
 Choices the paper leaves open are options: positions `random` (default), `uniform` (evenly
 spaced), `hard` / `easy` (highest / lowest student entropy on the clean target); a per-sequence
