@@ -97,6 +97,22 @@ def train(run: Run, out: str | Path) -> RunResult:
     return RunResult(metrics, out, out / "model")
 
 
+def _drop_hpc_checkpoints(out: Path) -> None:
+    """Remove Lightning's SLURM requeue checkpoints (`hpc_ckpt_<n>.ckpt`) from the run folder.
+
+    With `requeue_owner=lightning`, Lightning saves one when SLURM signals the job, at whatever
+    point of a step the signal lands; under SLURM it then loads that file by itself into every
+    later `fit`, `validate` or `predict` called without a checkpoint path, so the final evaluation
+    would score the signalled weights instead of the trained ones (found on a real cluster:
+    tests/test_slurm.py). kdlight resumes from checkpoints/last.ckpt, written between steps, which
+    ends a run exactly as an uninterrupted one; the HPC file is removed before anything can load it.
+    """
+    for path in sorted(out.glob("hpc_ckpt_*.ckpt")):
+        path.unlink(missing_ok=True)  # every rank may try; the first one removes it
+        log.info(f"removed {path.name}: the run resumes from checkpoints/last.ckpt, and Lightning would load "
+                 "the HPC file's weights into the evaluation")
+
+
 def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule: TaskDataModule, out: Path,
                      identity: dict, select_by: str | None = None) -> dict:
     """Fit (resuming from `checkpoints/last.ckpt` if present), save, then decode and score every
@@ -104,7 +120,9 @@ def fit_and_evaluate(module: DistillationModule, trainer: L.Trainer, datamodule:
     (empty on ranks other than 0)."""
     timer = next(cb for cb in trainer.callbacks if isinstance(cb, StepTimer))
     last = out / "checkpoints" / "last.ckpt"
+    _drop_hpc_checkpoints(out)
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+    _drop_hpc_checkpoints(out)  # one written by a signal during this fit: the evaluation below must not load it
     # The end of fit, its last validation done: a run killed during the evaluation below resumes
     # from here (the periodic checkpoint of the last step precedes that validation and the loops'
     # end-of-epoch bookkeeping).
