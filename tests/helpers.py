@@ -22,7 +22,7 @@ TINY_T5 = dict(d_model=16, d_kv=8, d_ff=32, num_layers=1, num_decoder_layers=1, 
 
 def tiny_model(tokenizer, family: str = "llama", seed: int = 0, pad_multiple: int = 1, **overrides):
     torch.manual_seed(seed)
-    config = {**(TINY_LLAMA if family == "llama" else TINY_T5), **overrides}
+    config = {**(TINY_T5 if family == "t5" else TINY_LLAMA), **overrides}
     return build_model(ModelSpec(f"tiny-{family}", family, config, pad_vocab_multiple=pad_multiple), tokenizer)
 
 

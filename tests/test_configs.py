@@ -98,7 +98,7 @@ def test_slurm_resources_follow_the_trainer(tmp_path):
     launcher = cfg.hydra.launcher
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
     cpu = compose_cfg(["hydra/launcher=slurm", "trainer=cpu", "trainer.devices=2", "trainer.strategy=ddp"], tmp_path)
-    assert (cpu.hydra.launcher.tasks_per_node, cpu.hydra.launcher.gpus_per_node) == (2, 0)  # processes, no GPU
+    assert (cpu.hydra.launcher.tasks_per_node, cpu.hydra.launcher.gpus_per_node) == (2, None)  # processes, no GPU
 
 
 def test_misspelt_key_fails_at_composition(tmp_path):

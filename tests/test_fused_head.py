@@ -88,7 +88,7 @@ def test_a_sparse_teacher_and_a_frozen_tied_head():
 
 @pytest.mark.parametrize("chunk", [1, 4, 5, None])
 def test_divergence_rows_and_cross_entropy_rows_stacked_in_one_call(chunk):
-    """Divergence on the first 7 rows, CE on the last 6 (rows 5-6 take both): the sum of the two
+    """Divergence on the first 7 rows, CE on the last 8 (rows 5-6 take both): the sum of the two
     terms on their own rows, with chunks that straddle where each starts and ends."""
     h, weight, b, targets, teacher, vocab = head_problem(n=13)
     kd_teacher = HeadInputs(teacher.hidden[:7], teacher.head)
@@ -96,13 +96,13 @@ def test_divergence_rows_and_cross_entropy_rows_stacked_in_one_call(chunk):
         dense_teacher = torch.nn.functional.linear(kd_teacher.hidden, teacher.head.weight[:vocab])
     divergence = GeneralizedJSD(beta=0.3)
     h1, w1, b1 = leaves(h, weight, b)
-    loss, sums = fused_head_loss(h1, OutputHead(w1, b1), vocab, ce_targets=targets[-6:],
+    loss, sums = fused_head_loss(h1, OutputHead(w1, b1), vocab, ce_targets=targets[-8:],
                                  ce_scale=0.3, divergence=divergence, teacher=kd_teacher, kd_scale=0.7,
                                  chunk_size=chunk)
     loss.backward()
     h2, w2, b2 = leaves(h, weight, b)
     logits = torch.nn.functional.linear(h2, w2[:vocab], b2[:vocab])
-    ce = torch.nn.functional.cross_entropy(logits[-6:], targets[-6:], reduction="sum")
+    ce = torch.nn.functional.cross_entropy(logits[-8:], targets[-8:], reduction="sum")
     kd = divergence(logits[:7], dense_teacher).sum()
     (0.3 * ce + 0.7 * kd).backward()
     torch.testing.assert_close(sums, torch.stack([ce, kd]).detach(), rtol=1e-5, atol=1e-6)

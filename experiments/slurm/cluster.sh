@@ -25,8 +25,12 @@ log() { echo "cluster.sh: $*" >&2; }
 
 [[ $# -eq 2 ]] || die 2 "usage: $0 up|down|status DIR"
 CMD=$1
+case $CMD in up|down|status) ;; *) die 2 "usage: $0 up|down|status DIR" ;; esac
 [[ $CMD != up || $(id -u) -eq 0 ]] || die 3 "not root (the test cluster runs its daemons as root)"
-mkdir -p "$2"
+if [[ ! -d $2 ]]; then
+    [[ $CMD == up ]] || { echo "cluster.sh: no cluster folder $2: nothing to do" >&2; exit 0; }
+    mkdir -p "$2"
+fi
 DIR=$(cd "$2" && pwd -P)
 CONF=$DIR/slurm.conf
 RUN=$DIR/run
@@ -124,9 +128,11 @@ ensure_installed() {
     local pkgs=(slurm-wlm munge) out=$DIR/log/apt.log
     mkdir -p "$DIR/log"
     log "installing ${pkgs[*]} (log: $out)"
-    if ! apt-get install -y --no-install-recommends "${pkgs[@]}" >"$out" 2>&1; then
+    # Wait for a dpkg lock held by another apt (unattended upgrades on a fresh VM) instead of failing.
+    local wait=(-o DPkg::Lock::Timeout=300)
+    if ! apt-get install "${wait[@]}" -y --no-install-recommends "${pkgs[@]}" >"$out" 2>&1; then
         # Stale package lists are the usual cause: only then pay for an update.
-        { apt-get update && apt-get install -y --no-install-recommends "${pkgs[@]}"; } >>"$out" 2>&1 \
+        { apt-get update "${wait[@]}" && apt-get install "${wait[@]}" -y --no-install-recommends "${pkgs[@]}"; } >>"$out" 2>&1 \
             || die 3 "apt-get install slurm-wlm munge failed: $(tail -n 1 "$out")"
     fi
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null \
@@ -219,8 +225,10 @@ EOF
 start_munge() {
     local key=$DIR/munge/munge.key
     mkdir -p "$DIR/munge"
-    # munged refuses group/other-writable dirs and readable keys.
-    chmod 700 "$DIR/munge" "$LOGD"
+    # munged refuses group/other-writable dirs and readable keys; the logs stay readable (users read
+    # log/jobcomp.log, and the sacct shim answers from it).
+    chmod 700 "$DIR/munge"
+    chmod 755 "$LOGD"
     chmod 755 "$RUN"  # clients (any user) must reach the socket
     if [[ ! -s $key ]]; then
         dd if=/dev/urandom of="$key" bs=1024 count=1 status=none

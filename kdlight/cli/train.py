@@ -58,10 +58,11 @@ def run_name(base: str) -> str:
     return f"{base} [{overrides}]" if overrides else base
 
 
-def gpus_per_node(accelerator: str, devices: int) -> int:
-    """The GPUs a SLURM job asks for per node: the trainer's devices on a GPU trainer, none on a
-    CPU one (whose devices are processes, each given CPUs by `cpus_per_task`)."""
-    return int(devices) if str(accelerator) in ("gpu", "cuda") else 0
+def gpus_per_node(accelerator: str, devices: int) -> int | None:
+    """The GPUs a SLURM job asks for per node: the trainer's devices, except on a CPU trainer
+    (whose devices are processes, each given CPUs by `cpus_per_task`), which asks for none: None
+    leaves the request out of the submission (`--gpus-per-node=0` is refused by some clusters)."""
+    return None if str(accelerator) == "cpu" else int(devices)
 
 
 OmegaConf.register_new_resolver("kd_dirname", job_dirname, replace=True)

@@ -107,7 +107,7 @@ def _drop_hpc_checkpoints(out: Path) -> None:
     tests/test_slurm.py). kdlight resumes from checkpoints/last.ckpt, written between steps, which
     ends a run exactly as an uninterrupted one; the HPC file is removed before anything can load it.
     """
-    for path in sorted(out.glob("hpc_ckpt_*.ckpt")):
+    for path in sorted(out.glob("*hpc_ckpt_*")):  # with any staging file of an interrupted save
         path.unlink(missing_ok=True)  # every rank may try; the first one removes it
         log.info(f"removed {path.name}: the run resumes from checkpoints/last.ckpt, and Lightning would load "
                  "the HPC file's weights into the evaluation")

@@ -19,7 +19,8 @@ resumes with the sequences they lack; a truncated or altered shard is reported, 
 sequences scored again, never used. Concurrent runs may both score a sequence; their shards agree.
 
 Several ranks: each scores the sequences of its share of an epoch's batches, then every rank reads
-the others' shards before the next epoch, so each sequence is scored once; the passes stop at the
+the others' shards before the next epoch, so each sequence is scored once (given a `cache_dir` all
+ranks see; in memory, a rank scores another's sequences when it meets them); the passes stop at the
 first epoch that brings no sequence new to any rank. Sequences that change per step (KID's rewrites, on-policy
 samples) or a teacher with dropout on (noisy KD) cannot be cached: such methods are refused.
 """
@@ -274,10 +275,9 @@ class CachedSparseTeacher(Teacher):
                 if any(k is not None and k not in self.store for k in keys):
                     self._score(batch, keys)
             self.store.flush()
-            met = set().union(*gather(met))  # every rank's shards of this epoch are written ...
+            fresh = set().union(*gather(met - seen))  # every rank's shards of this epoch are written ...
             self.store.load()  # ... and read by every rank
-            fresh = met - seen
-            seen |= met
+            seen |= fresh
             if not fresh:
                 break
         log.info(f"teacher cache: {len(seen)} training sequences, {self.scored - before} scored by the live teacher "
