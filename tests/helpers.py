@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -92,3 +93,17 @@ def sqlgen_datamodule(sqlgen_root, tokenizer, n_train: int):
     dm.connect(tokenizer)
     dm.setup()
     return dm
+
+
+class KillAt(L.Callback):
+    """Kills its own process with SIGKILL (as a scheduler or the OOM killer does) once the
+    checkpoint of step `step` is written: at the start of the step after it (Lightning runs
+    checkpoint callbacks after the others, so the next batch's start is the first point after it)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+

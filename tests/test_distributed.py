@@ -94,41 +94,40 @@ def test_epoch_sampler_shards_global_batches_and_resumes():
     def batches(sampler: EpochSampler) -> list[list[int]]:
         return [b.tolist() for b in StatefulDataLoader(list(range(21)), sampler=sampler, batch_size=4)]
 
+    def at(epoch: int) -> EpochSampler:
+        sampler = EpochSampler(21, 4, seed=3)
+        sampler.start_at(epoch)
+        return sampler
+
     ranks = [EpochSampler(21, 4, seed=3, rank=r, world_size=2) for r in range(2)]
     for sampler in ranks:
-        sampler.set_epoch(1)
+        sampler.start_at(1)
     a, b = batches(ranks[0]), batches(ranks[1])
     assert [len(x) for x in (a, b)] == [2, 2]  # 21 examples, global batch 8: only complete ones
     order = epoch_order(21, 3, 1)
     assert a[0] + b[0] + a[1] + b[1] == order[:16]  # rank r takes its slice of each global batch
-    single = EpochSampler(21, 4, seed=3)
-    single.set_epoch(1)
+    single = at(1)
     full = batches(single)
     assert [len(x) for x in full] == [4, 4, 4, 4, 4, 1] and sum(full, []) == order
-    single.set_epoch(2)
-    assert batches(single) != full  # a new order each epoch
+    assert batches(single) == batches(at(2)) != full  # each pass is the next epoch, a new order
     # Interrupted after 2 batches, the loader's state (what Lightning checkpoints) resumes at the third.
-    single.set_epoch(1)
-    loader = StatefulDataLoader(list(range(21)), sampler=single, batch_size=4)
+    loader = StatefulDataLoader(list(range(21)), sampler=at(1), batch_size=4)
     it = iter(loader)
     assert [next(it).tolist() for _ in range(2)] == full[:2]
     state = loader.state_dict()
-    fresh = EpochSampler(21, 4, seed=3)
-    resumed = StatefulDataLoader(list(range(21)), sampler=fresh, batch_size=4)
+    resumed = StatefulDataLoader(list(range(21)), sampler=EpochSampler(21, 4, seed=3), batch_size=4)
     resumed.load_state_dict(state)
     assert [x.tolist() for x in resumed] == full[2:]
-    fresh.set_epoch(2)  # the next epoch starts from its beginning
-    second = EpochSampler(21, 4, seed=3)
-    second.set_epoch(2)
-    assert [x.tolist() for x in resumed] == batches(second)
-    # Saved after the last batch of epoch 1: a loader that asks for indices before Lightning sets
-    # the next epoch (as worker processes do) starts epoch 2, never an empty epoch.
-    finished = StatefulDataLoader(list(range(21)), sampler=single, batch_size=4)
-    assert [x.tolist() for x in finished] == full
-    at_end = EpochSampler(21, 4, seed=3)
-    restored = StatefulDataLoader(list(range(21)), sampler=at_end, batch_size=4)
+    assert [x.tolist() for x in resumed] == batches(at(2))  # then the next epoch, from its beginning
+    # Saved after the last batch of epoch 1: the restored loader starts epoch 2, never an empty
+    # epoch nor epoch 1 again, and then goes on to epoch 3, whatever epoch a training loop thinks it is in.
+    finished = StatefulDataLoader(list(range(21)), sampler=at(1), batch_size=4)
+    it = iter(finished)
+    assert [next(it).tolist() for _ in range(6)] == full
+    restored = StatefulDataLoader(list(range(21)), sampler=EpochSampler(21, 4, seed=3), batch_size=4)
     restored.load_state_dict(finished.state_dict())
-    assert [x.tolist() for x in restored] == batches(second)
+    assert [x.tolist() for x in restored] == batches(at(2))
+    assert [x.tolist() for x in restored] == batches(at(3))
 
 
 @pytest.mark.parametrize("placement", ["replicate", "shard"])

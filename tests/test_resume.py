@@ -82,3 +82,38 @@ def test_kill_9_mid_epoch_then_rerun_matches_an_uninterrupted_run(tmp_path, meth
     b = json.loads((folder / "metrics.json").read_text())
     assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
     assert csv_rows(folder, timing) == csv_rows(tmp_path / "whole", timing)
+
+
+def test_resumed_twice_from_the_end_of_an_epoch_matches_an_uninterrupted_run(tmp_path):
+    """Killed right after the checkpoint at the end of epoch 2, resumed, killed again at the end of
+    epoch 4 (a validation between), resumed: the same run as one never stopped. Lightning counts
+    the epochs of a run resumed at an epoch's end one short; a second such resume then replayed an
+    epoch's data when the order followed Lightning's epoch number (a run requeued twice by SLURM
+    found it)."""
+    settings = ["data.limit_train=64", "data.batch_size=8", "data.limit_eval=8", "trainer.max_steps=56",
+                "trainer.val_check_interval=20", "checkpoint_every_n_steps=8", "loop.warmup_steps=2",
+                "data.decoding.max_new_tokens=8", "threads=1", "trainer.log_every_n_steps=1", "method=sft"]
+    env = {**os.environ, "KDLIGHT_CACHE": str(tmp_path / "cache")}
+
+    def run(folder: Path, *extra: str, killed: bool = False) -> None:
+        done = subprocess.run([sys.executable, "-m", "kdlight.cli.train", *settings, *extra, f"hydra.run.dir={folder}"],
+                              capture_output=True, text=True, env=env, timeout=600, cwd=Path(__file__).parents[1])
+        assert (done.returncode == -signal.SIGKILL) if killed else (done.returncode == 0), done.stderr[-3000:]
+
+    run(tmp_path / "whole")
+    folder = tmp_path / "twice"
+    last = folder / "checkpoints" / "last.ckpt"
+    for step in (16, 32):  # 8 batches an epoch: the ends of epochs 1 and 3 (0-based)
+        run(folder, "+callbacks.kill._target_=tests.helpers.KillAt", f"+callbacks.kill.step={step}", killed=True)
+        assert torch.load(last, weights_only=False, map_location="cpu")["global_step"] == step
+    run(folder)
+    timing = ("step_time_s", "fit_time_s", "train/generation_s")
+    a = json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    b = json.loads((folder / "metrics.json").read_text())
+    assert b["steps"] == a["steps"] == 56
+    assert {k: v for k, v in a.items() if k not in timing} == {k: v for k, v in b.items() if k not in timing}
+    weights_a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    weights_b = load_file(folder / "model" / "model.safetensors")
+    for name in weights_a:
+        torch.testing.assert_close(weights_b[name], weights_a[name], rtol=0, atol=1e-6)
+

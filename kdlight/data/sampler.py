@@ -1,12 +1,15 @@
 """The training order: a seeded permutation per epoch, sharded by rank, resumable mid-epoch.
 
 The order of epoch e is a permutation seeded by (seed, e), the same for every method, so
-comparisons see the same data. Lightning tells the sampler the epoch (`set_epoch`, as it does
-for PyTorch's DistributedSampler). Resuming goes through torchdata's `StatefulDataLoader`, whose
-state Lightning saves in every checkpoint: the sampler and its iterator implement the `Stateful`
-protocol (`state_dict` / `load_state_dict`), so a resumed run continues at the next example of
-the interrupted epoch. The permutation is drawn lazily, at the first index asked for, so the
-epoch Lightning sets after restoring a checkpoint is the one used.
+comparisons see the same data. The sampler counts its passes itself: each pass over the data
+(each iterator that hands out an index) is the next epoch. Lightning's own epoch number is not
+used: after a run resumed from a checkpoint taken at the end of an epoch, Lightning 2.6 counts
+one epoch as started fewer than it has, and a second such resume then replays an epoch's order
+(found by a run requeued twice by SLURM: tests/test_resume.py). Resuming goes through torchdata's
+`StatefulDataLoader`, whose state Lightning saves in every checkpoint: the sampler and its
+iterator implement the `Stateful` protocol (`state_dict` / `load_state_dict`), so a resumed run
+continues at the next example of the interrupted epoch, or starts the next epoch when the
+interrupted one had been handed out whole.
 
 Under DDP each rank takes its slice of every global batch (`batch_size` x world size): rank r gets
 positions [r·b, (r+1)·b) of each global batch. With more than one rank only complete global
@@ -41,11 +44,11 @@ class EpochSampler(Sampler[int]):
     def __init__(self, size: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1):
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-        self.finished_epoch: int | None = None  # the last epoch whose pass ran to its end
+        self.next_epoch = 0  # the epoch of the next pass
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def start_at(self, epoch: int) -> None:
+        """Make the next pass epoch `epoch` (a loader of its own that looks at a given epoch)."""
+        self.next_epoch = epoch
 
     def num_batches(self) -> int:
         if self.world_size == 1:
@@ -70,49 +73,54 @@ class EpochSampler(Sampler[int]):
         return _EpochIterator(self)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "finished": self.finished_epoch == self.epoch}
+        return {"next_epoch": self.next_epoch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        # Saved after the epoch's last batch: what comes next is the next epoch. (The loader may
-        # ask for indices before Lightning sets the epoch: with worker processes it does.)
-        self.epoch = state["epoch"] + (1 if state.get("finished") else 0)
+        if "next_epoch" in state:
+            self.next_epoch = state["next_epoch"]
+        else:  # written before the sampler counted its passes: the epoch in progress, and whether it ended
+            self.next_epoch = state["epoch"] + (1 if state.get("finished") else 0)
 
 
 class _EpochIterator(Iterator[int]):
-    """One pass over an epoch; its state is the epoch and how many indices it has handed out."""
+    """One pass over an epoch; its state is the epoch and how many indices it has handed out. The
+    epoch is fixed at the first index asked for, so an iterator made and dropped unused (as a loop
+    may do around a restart) takes no epoch."""
 
     def __init__(self, sampler: EpochSampler):
         self.sampler = sampler
-        self.epoch: int | None = None  # drawn lazily (see the module docstring)
+        self.epoch: int | None = None
         self.order: list[int] = []
         self.yielded = 0
         self._resume: tuple[int, int] | None = None
 
     def _start(self) -> None:
-        epoch = self.sampler.epoch
-        if self._resume is not None and self._resume[0] == epoch:
-            if self._resume[1] < len(self.sampler):
-                self.yielded = self._resume[1]  # continue the interrupted epoch
+        if self._resume is not None:
+            epoch, yielded = self._resume
+            if yielded < len(self.sampler):
+                self.yielded = yielded  # continue the interrupted epoch
             else:
-                # Saved at the end of an epoch: start the next one. (With worker processes the loader
-                # asks for indices before Lightning sets the new epoch.)
-                epoch += 1
-        self._resume = None
+                epoch += 1  # saved after the epoch's last index: the next epoch, from its beginning
+            self._resume = None
+        else:
+            epoch = self.sampler.next_epoch
         self.epoch = epoch
+        self.sampler.next_epoch = epoch + 1
         self.order = self.sampler.indices(epoch)
 
     def __next__(self) -> int:
         if self.epoch is None:
             self._start()
         if self.yielded >= len(self.order):
-            self.sampler.finished_epoch = self.epoch
             raise StopIteration
         self.yielded += 1
         return self.order[self.yielded - 1]
 
     def state_dict(self) -> dict[str, Any]:
-        epoch = self.sampler.epoch if self.epoch is None else self.epoch
-        return {"epoch": epoch, "yielded": self.yielded}
+        if self.epoch is None:  # nothing handed out yet: a restored position, or the next epoch's start
+            epoch, yielded = self._resume if self._resume is not None else (self.sampler.next_epoch, 0)
+            return {"epoch": epoch, "yielded": yielded}
+        return {"epoch": self.epoch, "yielded": self.yielded}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.epoch, self.yielded = None, 0

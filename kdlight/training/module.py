@@ -137,7 +137,7 @@ class DistillationModule(L.LightningModule):
         ctx = StepContext(self.student, self.teacher, self.tokenizer, self.vocab_size, torch.Generator(),
                           epoch=epoch)
         loader = datamodule.train_dataloader()
-        loader.sampler.set_epoch(epoch)
+        loader.sampler.start_at(epoch)
         for gold in loader:
             yield self.method.source.sequences(gold.to(self.device), ctx)
 
