@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -107,3 +108,16 @@ class KillAt(L.Callback):
         if trainer.global_step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 
+
+class HoldUntilRequeued(L.Callback):
+    """Holds the run at the start of the step after step `step` (its checkpoint written) for as
+    long as it is the first attempt of a SLURM job, so that SLURM's time limit, not the machine's
+    speed, stops that attempt; a requeued attempt (SLURM_RESTART_COUNT >= 1) runs through."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step and int(os.environ.get("SLURM_RESTART_COUNT", "0")) == 0:
+            while True:  # until SLURM's signal ends the attempt
+                time.sleep(1)

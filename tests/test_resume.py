@@ -116,4 +116,3 @@ def test_resumed_twice_from_the_end_of_an_epoch_matches_an_uninterrupted_run(tmp
     weights_b = load_file(folder / "model" / "model.safetensors")
     for name in weights_a:
         torch.testing.assert_close(weights_b[name], weights_a[name], rtol=0, atol=1e-6)
-
