@@ -50,13 +50,13 @@ def one_step(tokenizer, tmp_path, devices: int, placement: str = "replicate"):
     def make_trainer() -> L.Trainer:
         return L.Trainer(accelerator="cpu", devices=devices, strategy="ddp_spawn" if devices > 1 else "auto",
                          max_steps=1, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         enable_checkpointing=False, default_root_dir=tmp_path,
+                         enable_checkpointing=False, default_root_dir=tmp_path, log_every_n_steps=1,
                          callbacks=[TeacherPlacementCheck(sharded=placement == "shard" and devices > 1)])
 
     trainer = fit_spawned(make_trainer, module, train_dataloaders=loader)
     trainer.save_checkpoint(tmp_path / "last.ckpt")
     update = {n: p.detach() - start[n] for n, p in module.student.named_parameters()}
-    return update, float(trainer.callback_metrics["train/loss"])
+    return update, float(trainer.callback_metrics["train/loss"])  # rank 0's, from the spawned process
 
 
 @pytest.fixture

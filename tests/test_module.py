@@ -79,7 +79,7 @@ def one_step_update(tokenizer, tmp_path, method, micro_batch_size, family="llama
     trainer = cpu_trainer(tmp_path, max_steps=1)
     trainer.fit(module, train_dataloaders=loader(toy_batches(tokenizer)))
     update = {n: p.detach() - start[n] for n, p in module.student.named_parameters()}
-    return update, float(trainer.callback_metrics["train/loss"])
+    return update, module.step_metrics["train/loss"]
 
 
 @pytest.mark.parametrize("family", ["llama", "t5"])
@@ -120,7 +120,7 @@ def test_the_step_loss_is_each_term_divided_by_the_global_token_count(tokenizer,
     terms = micro_batch_loss(method, module.student, module.teacher, batch, batch, len(tokenizer)).terms  # before the step
     n = float(batch.target_mask.sum())
     cpu_trainer(tmp_path, max_steps=1).fit(module, train_dataloaders=loader([batch]))
-    logged = module.trainer.callback_metrics
+    logged = module.step_metrics
     assert float(logged["train/ce"]) == pytest.approx(float(terms["ce"].total.detach()) / n, rel=1e-5)
     assert float(logged["train/kd_rkl"]) == pytest.approx(float(terms["kd_rkl"].total.detach()) / n, rel=1e-5)
     assert float(logged["train/loss"]) == pytest.approx(0.5 * float(logged["train/ce"]) + float(logged["train/kd_rkl"]),
@@ -137,20 +137,42 @@ def test_method_with_nothing_to_train_is_refused():
         Method("empty", GoldSequences(), None, ce_weight=0.0)
 
 
-def test_one_logging_call_gives_the_loggers_every_metric_and_the_bar_the_loss(tokenizer, tmp_path):
+def test_loggers_get_every_metric_on_their_steps_and_the_bar_the_loss_of_each_step(tokenizer, tmp_path):
+    """The step's metrics reach Lightning only on the steps its loggers write: the CSV file has one
+    row per `log_every_n_steps` with the values of that step; the progress bar shows every step's loss."""
+    import csv
+
     import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
 
     from kdlight.training.callbacks import LossProgressBar
 
+    class EachStep(L.Callback):
+        def __init__(self):
+            self.metrics, self.bar_loss = [], []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.metrics.append(dict(pl_module.step_metrics))
+            self.bar_loss.append(bar.get_metrics(trainer, pl_module)["loss"])
+
     module = make_module(tokenizer, rkd(ce_weight=0.5))
-    bar = LossProgressBar(refresh_rate=1)
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=1, logger=False, callbacks=[bar],
-                        enable_model_summary=False, default_root_dir=tmp_path)
-    trainer.fit(module, train_dataloaders=loader(toy_batches(tokenizer)))
-    logged = trainer.callback_metrics
-    assert {"train/ce", "train/kd_rkl", "train/loss", "train/lr"} <= set(logged)
-    assert float(logged["train/lr"]) == pytest.approx(0.5)  # SGD lr 0.5, warm-up of one step done
-    assert bar.get_metrics(trainer, module)["loss"] == f"{float(logged['train/loss']):.3g}"
+    bar, each = LossProgressBar(refresh_rate=1), EachStep()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=5, log_every_n_steps=2, callbacks=[bar, each],
+                        logger=CSVLogger(tmp_path, name="", version=""), enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=loader(toy_batches(tokenizer) * 2))
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [int(row["step"]) for row in rows] == [1, 3]  # steps 2 and 4 (Lightning counts from 0)
+    keys = {"train/ce", "train/kd_rkl", "train/loss", "train/lr"}
+    assert set(each.metrics[0]) == keys
+    for row in rows:
+        step = each.metrics[int(row["step"])]
+        assert {key: float(row[key]) for key in keys} == pytest.approx(step, rel=1e-6)
+    assert each.metrics[1]["train/lr"] == pytest.approx(0.5)  # SGD lr 0.5, warm-up of one step done
+    assert len({m["train/loss"] for m in each.metrics}) == 5  # every step's own loss, on the bar too
+    assert each.bar_loss == [f"{m['train/loss']:.3g}" for m in each.metrics]
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(each.metrics[3]["train/loss"])
 
 
 def test_non_boolean_speed_switches_are_refused():

@@ -291,7 +291,7 @@ class KdlightVariant:
         timer = StepStarts()
         trainer = lightning_trainer(self.setup, len(batches), [timer])
         trainer.fit(self.module, train_dataloaders=DataLoader(batches, batch_size=None))
-        out = {"times": step_times(timer.starts), "loss": float(trainer.callback_metrics["train/loss"])}
+        out = {"times": step_times(timer.starts), "loss": self.module.step_metrics["train/loss"]}
         if isinstance(self.method.source, CountedSamples):
             draws = self.method.source.generations[-len(batches):]
             out["generations"] = draws[1:-1]  # the timed steps'

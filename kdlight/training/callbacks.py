@@ -56,12 +56,12 @@ class StepTimer(L.Callback):
 
 
 class LossProgressBar(TQDMProgressBar):
-    """Lightning's progress bar, showing the step's `train/loss` as `loss` (the loop logs every
-    metric of a step in one call, for the loggers, and nothing to the bar itself)."""
+    """Lightning's progress bar, showing each step's `train/loss` as `loss` (the loop gives
+    Lightning its metrics only on the steps the loggers write, and nothing to the bar itself)."""
 
     def get_metrics(self, trainer, pl_module) -> dict[str, int | str | float | dict[str, float]]:
         metrics = super().get_metrics(trainer, pl_module)
-        loss = trainer.callback_metrics.get("train/loss")
+        loss = getattr(pl_module, "step_metrics", {}).get("train/loss")
         if loss is not None:
             metrics["loss"] = f"{float(loss):.3g}"
         return metrics
