@@ -6,7 +6,7 @@ value per position, `[N]` (fp32). Conventions shared by all of them:
 - Computation is in fp32 whatever the input dtype (a bf16 teacher against an fp32 student gave
   negative divergences in a peer).
 - `-inf` logits (masked or padded vocabulary) are allowed: 0·log 0 = 0.
-- Mixtures are built in probability space, `log(m/q) = log(a·e^{log p - log q} + b)` (a log-add-exp);
+- Mixtures are built in probability space, `log(m/q) = log(a·e^{log p - log q} + b)` (a softplus);
   mixing log-probabilities directly is a known peer bug.
 - Temperature τ softens both distributions, and the result is multiplied by τ² (Hinton et al.,
   2015) so gradient magnitudes stay comparable across τ.
@@ -64,26 +64,24 @@ def log_mixture_ratios(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float
     """log(p/m) and log(q/m) for the mixture m = w·p + (1-w)·q, from log-probabilities: [N, V] x2 -> [N, V] x2.
 
     Built from d = log p - log q and the heavier side of the mixture, e.g. for w ≤ ½
-    log(m/q) = log((1-w) + w·e^d): near the end points (w -> 0 or 1, where m is almost one of the
-    two) the small log-ratio comes out directly instead of as the difference of two large ones.
+    log(m/q) = log((1-w) + w·e^d) = log(1-w) + softplus(d + log w - log(1-w)): near the end points
+    (w -> 0 or 1, where m is almost one of the two) the small log-ratio comes out directly instead
+    of as the difference of two large ones. softplus is one fused pass (log1p(e^x)); its input is
+    clamped at `EXP_FLOOR` so that its `exp` never returns a subnormal (the slow path; the clamp
+    changes the result by < 2e-35).
     """
     d = log_p - log_q
     if weight_p <= 0.0 or weight_p >= 1.0:
         zero = torch.zeros_like(d)
         return (d, zero) if weight_p <= 0.0 else (zero, d.neg_())
+    log_w, log_rest = math.log(weight_p), math.log1p(-weight_p)
     if weight_p <= 0.5:  # m is mostly q
-        q_over_m = _log_add_exp(d + math.log(weight_p), math.log1p(-weight_p)).neg_()  # -log(m/q)
+        x = (d + (log_w - log_rest)).clamp_min_(EXP_FLOOR)
+        q_over_m = torch.nn.functional.softplus(x).add_(log_rest).neg_()  # -log(m/q)
         return d.add_(q_over_m), q_over_m
-    p_over_m = _log_add_exp(torch.full_like(d, math.log(weight_p)), math.log1p(-weight_p) - d).neg_()
+    x = torch.sub(log_rest - log_w, d).clamp_min_(EXP_FLOOR)
+    p_over_m = torch.nn.functional.softplus(x).add_(log_w).neg_()  # -log(m/p)
     return p_over_m, p_over_m - d
-
-
-def _log_add_exp(a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
-    """log(e^a + e^b) = max + log(1 + e^-|a-b|), with |a-b| capped at 80 so that `exp` never returns a
-    subnormal (torch.logaddexp and log1p take a slow path there; the cap changes the result by < 2e-35)."""
-    b = torch.as_tensor(b, dtype=a.dtype, device=a.device)
-    top = torch.maximum(a, b)
-    return (a - b).abs_().clamp_max_(-EXP_FLOOR).neg_().exp_().add_(1).log_().add_(top)
 
 
 def _through_softmax(q: torch.Tensor, g: torch.Tensor, temperature: float) -> torch.Tensor:

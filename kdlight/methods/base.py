@@ -25,6 +25,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from kdlight.data.batch import Batch
 from kdlight.losses.objectives import Divergence
+from kdlight.models.lm import set_training
 
 if TYPE_CHECKING:  # the teacher module imports this one
     from kdlight.data.module import PromptItem
@@ -87,12 +88,12 @@ def evaluating(model: PreTrainedModel) -> Iterator[PreTrainedModel]:
     """The model in eval mode (no dropout) and without gradient, its previous mode restored after:
     how sources use the student to predict or sample their sequences."""
     was_training = model.training
-    model.eval()
+    set_training(model, False)
     try:
         with torch.no_grad():
             yield model
     finally:
-        model.train(was_training)
+        set_training(model, was_training)
 
 
 class SequenceSource(ABC):

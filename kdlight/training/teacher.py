@@ -40,7 +40,7 @@ from kdlight.losses.fused import HeadInputs
 from kdlight.losses.sparse import SparseTargets
 from kdlight.methods.base import Method, PrepareContext
 from kdlight.models.decoding import Decoding, generate
-from kdlight.models.lm import output_head, take_positions, target_hidden, target_logits
+from kdlight.models.lm import output_head, set_training, take_positions, target_hidden, target_logits
 from kdlight.targets.store import GenerationJournal, StoredSequence, TargetStore
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class LiveTeacher(Teacher):
         """[B, T, V] teacher logits. `no_grad` rather than `inference_mode`: inference tensors may
         not be saved for backward, and the divergence's backward needs the teacher's values."""
         # Set every time: a caller's .train() on a parent must never switch dropout on by accident.
-        self.model.train(self.dropout and noisy)
+        set_training(self.model, self.dropout and noisy)
         with torch.no_grad():
             return target_logits(self.model, batch, vocab_size)
 
@@ -141,7 +141,7 @@ class LiveTeacher(Teacher):
         head = output_head(self.model) if head_inputs and not self.sharded else None
         if head is None:
             return super().at_positions(batch, vocab_size, positions)
-        self.model.train(self.dropout)
+        set_training(self.model, self.dropout)
         with torch.no_grad():
             return HeadInputs(target_hidden(self.model, batch, positions), head)
 
