@@ -1,7 +1,7 @@
 """The static-cache decoder (kdlight.models.fast_decode) against Hugging Face `generate`: the same
 greedy tokens on Llama and Qwen2 (grouped-query heads, left padding, EOS mid-sequence, padded
 vocabulary rows that would otherwise win, pruned and LoRA models); samples restricted to the real
-vocabulary and reproducible under a seed; everything it does not support goes to HF `generate`."""
+vocabulary, reproducible under a seed and following the model's distribution; everything it does not support goes to HF `generate`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from kdlight.data.batch import collate
 from kdlight.models import Decoding, ModelSpec, build_model, generate
 from kdlight.models.decoding import hf_generate
-from kdlight.models.fast_decode import unsupported_reason
+from kdlight.models.fast_decode import draw, unsupported_reason
 from kdlight.models.lora import LoraSpec, add_lora
 from tests.helpers import tiny_model, toy_batches
 
@@ -116,9 +116,15 @@ def test_samples_stay_in_the_vocabulary_and_repeat_under_a_seed(tokenizer, famil
         draws.append(generate(model, batch, decoding, *args))
     assert draws[0] == draws[1] and draws[0] != draws[2]
     assert len(draws[0]) == 3 * batch.size and max(t for row in draws[0] + draws[2] for t in row) < len(tokenizer)
-    # The same multinomial calls on the global generator as HF's sampler: its draws, on this model.
+
+
+def test_draw_never_picks_a_token_of_probability_zero_and_follows_the_rest():
+    """Inverse transform sampling on rows with zeros first, between and last, and a one-hot row."""
+    probs = torch.tensor([[0.0, 0.2, 0.0, 0.0, 0.8, 0.0], [0.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
     torch.manual_seed(0)
-    assert hf_generate(model, batch, decoding, *args) == draws[0]
+    drawn = torch.stack([draw(probs) for _ in range(20000)])  # [draws, 2]
+    assert set(drawn[:, 0].tolist()) == {1, 4} and set(drawn[:, 1].tolist()) == {3}
+    assert float((drawn[:, 0] == 1).float().mean()) == pytest.approx(0.2, abs=0.01)  # std 0.003
 
 
 def test_sampling_follows_the_model_distribution(tokenizer):

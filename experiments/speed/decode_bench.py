@@ -14,7 +14,9 @@ batch of prompts (batch 8, 64 prompt tokens, 64 new tokens by default):
 - `floor`: no decoder, the matrix products any eager float32 decoder must do (`matmul_floor`).
 
 Greedy outputs must be equal token for token (the run aborts if not); samples are drawn under the
-same seed (the table says whether they came out equal to HF's too). Timing: one warm-up call of
+same seed, but kdlight's sampler is not HF's (inverse transform sampling instead of
+`torch.multinomial`), so the table's "outputs equal" is "no" for them (the tests check that the
+draws follow the model's distribution). Timing: one warm-up call of
 each, then `--blocks` blocks, each timing one call of each in alternating order; tokens/s =
 generated tokens (cut after EOS) / wall time of the call, prompt forward included. Reported:
 medians with min-max, and ratios of the medians to HF's. Writes decode_bench.json (settings and
