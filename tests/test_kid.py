@@ -174,10 +174,20 @@ def test_ce_gold_on_sequences_reads_the_rewrite_and_scores_the_gold_tokens(token
     expected = torch.nn.functional.cross_entropy(logits, batch.target_ids[mask], reduction="sum")
     torch.testing.assert_close(terms["ce"].total, expected.detach(), rtol=1e-5, atol=1e-5)
     assert terms["ce"].over == "gold"
-    two_pass = Method("kid", KidSequences(alpha=0.4), ReverseKL())
+    two_pass = Method("kid", KidSequences(alpha=0.4), ReverseKL(), ce_on="gold")
     clean = micro_batch_loss(two_pass, one_pass.student, one_pass.teacher, batch, rewritten, len(tokenizer), fused=fused).terms
     torch.testing.assert_close(terms["kd_rkl"].total, clean["kd_rkl"].total)
     assert not torch.allclose(clean["ce"].total, terms["ce"].total, rtol=1e-5)  # another prefix, another value
+
+
+def test_kid_reads_the_gold_labels_through_its_rewrite_unless_told_otherwise():
+    """The default CE comes from the source: KID's rewrite keeps gold's positions, other sources' do not."""
+    from kdlight.methods.on_policy import StudentSamples
+
+    assert Method("kid", KidSequences(), ReverseKL()).ce_on == "gold_on_sequences"
+    assert Method("kid", KidSequences(), ReverseKL(), ce_on="gold").ce_on == "gold"
+    assert Method("rkd", GoldSequences(), ReverseKL()).ce_on == "gold"
+    assert Method("gkd", StudentSamples(lam=0.5), ReverseKL()).ce_on == "gold"
 
 
 def test_ce_gold_on_sequences_refuses_sequences_of_other_lengths(tokenizer):

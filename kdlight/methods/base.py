@@ -148,6 +148,11 @@ class SequenceSource(ABC):
         KID's in-place rewrites): gold labels can be read through it (`ce_on: gold_on_sequences`)."""
         return False
 
+    @property
+    def default_ce_on(self) -> str:
+        """The `Method.ce_on` a method with this source takes when none is given."""
+        return "gold"
+
     def prepare(self, ctx: PrepareContext) -> None:
         """Work before the first step, on every rank (only called when `needs_preparation`)."""
 
@@ -172,7 +177,8 @@ class Method:
         ce_on: `gold` (the dataset's targets, as KID adds to its baselines), `sequences` (the
             source's, e.g. SeqKD's CE on the teacher's outputs), or `gold_on_sequences` (gold
             labels read through the source's sequences, which must align with gold position for
-            position: one student pass instead of two, e.g. for KID).
+            position: one student pass instead of two, e.g. for KID); None: the source's
+            `default_ce_on` (`gold`; KID's `gold_on_sequences`).
         teacher_dropout: run the teacher with dropout on (noisy KD).
     """
 
@@ -181,10 +187,12 @@ class Method:
     divergence: Divergence | None = None
     ce_weight: float = 1.0
     kd_weight: float = 1.0
-    ce_on: str = "gold"
+    ce_on: str | None = None
     teacher_dropout: bool = False
 
     def __post_init__(self) -> None:
+        if self.ce_on is None:
+            self.ce_on = self.source.default_ce_on
         if self.divergence is None and self.ce_weight == 0:
             raise ValueError(f"method '{self.name}': no divergence and ce_weight=0 leaves nothing to train on")
         if self.ce_on not in CE_ON:

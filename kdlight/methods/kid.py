@@ -56,6 +56,14 @@ class KidSequences(SequenceSource):
     def aligned_with_gold(self) -> bool:
         return True  # rewrites tokens in place
 
+    @property
+    def default_ce_on(self) -> str:
+        """The gold labels read through the rewrite, in the reverse KL's student pass: the paper's
+        stated cost (one no-grad forward plus one forward and backward) fits only this reading,
+        and the `kid_ce` study finds it scores as CE on the clean gold does (which costs a second
+        student forward and backward; `ce_on: gold`)."""
+        return "gold_on_sequences"
+
     def __post_init__(self) -> None:
         if not 0.0 <= self.alpha <= 1.0:
             raise ValueError(f"kid alpha must be in [0, 1], got {self.alpha}")
