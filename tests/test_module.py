@@ -148,12 +148,21 @@ def test_loggers_get_every_metric_on_their_steps_and_the_bar_the_loss_of_each_st
     from kdlight.training.callbacks import LossProgressBar
 
     class EachStep(L.Callback):
+        """Where checkpoints are saved: records the step's metrics, the bar's loss, and the last
+        step whose row is on disk."""
+
         def __init__(self):
-            self.metrics, self.bar_loss = [], []
+            self.metrics, self.bar_loss, self.on_disk = [], [], []
 
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.metrics.append(dict(pl_module.step_metrics))
             self.bar_loss.append(bar.get_metrics(trainer, pl_module)["loss"])
+            path = tmp_path / "metrics.csv"
+            if path.exists():
+                with open(path, newline="") as f:
+                    self.on_disk.append(int(list(csv.DictReader(f))[-1]["step"]))
+            else:
+                self.on_disk.append(None)
 
     module = make_module(tokenizer, rkd(ce_weight=0.5))
     bar, each = LossProgressBar(refresh_rate=1), EachStep()
@@ -164,6 +173,9 @@ def test_loggers_get_every_metric_on_their_steps_and_the_bar_the_loss_of_each_st
     with open(tmp_path / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [int(row["step"]) for row in rows] == [1, 3]  # steps 2 and 4 (Lightning counts from 0)
+    assert [row["epoch"] for row in rows] == ["0", "1"]  # 2 batches an epoch
+    # A checkpoint saved at a logging step (callbacks' on_train_batch_end) has that step's row on disk.
+    assert each.on_disk == [None, 1, 1, 3, 3]
     keys = {"train/ce", "train/kd_rkl", "train/loss", "train/lr"}
     assert set(each.metrics[0]) == keys
     for row in rows:

@@ -237,11 +237,11 @@ class DistillationModule(L.LightningModule):
         scheduler.step()
 
     def _record_step(self, logged: dict[str, float], timings: dict[str, float]) -> None:
-        """The step's metrics into `step_metrics` (logged by `on_train_batch_end`). Each term's share
-        on this rank is its sum here / the global count, so the step's value is the sum over ranks:
-        the terms (the same names on every rank: the method's) go in one tensor, summed across ranks
-        at once. The learning rate and a source's timings (e.g. on-policy generation seconds) are
-        this rank's own, not reduced."""
+        """The step's metrics: into `step_metrics` (the progress bar shows them), and on logging
+        steps to the loggers (`_write_step`). Each term's share on this rank is its sum here / the
+        global count, so the step's value is the sum over ranks: the terms (the same names on every
+        rank: the method's) go in one tensor, summed across ranks at once. The learning rate and a
+        source's timings (e.g. on-policy generation seconds) are this rank's own, not reduced."""
         weights = {"ce": self.method.ce_weight}
         if self.method.divergence is not None:
             weights[f"kd_{self.method.divergence.name}"] = self.method.kd_weight
@@ -254,17 +254,24 @@ class DistillationModule(L.LightningModule):
         metrics["train/lr"] = self.lr_schedulers().get_last_lr()[0]
         metrics |= {f"train/{name}": seconds for name, seconds in timings.items()}
         self.step_metrics = metrics
-
-    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
-        """The step's metrics go to Lightning, in one call, only on the steps its loggers write
-        (every `log_every_n_steps`, or when the run stops): `self.log` walks every stored result on
-        each call, ~0.6 ms per key, several percent of a small model's step. So the loggers get the
-        same rows as before, while `callback_metrics` holds `train/*` of the last logged step and
-        `step_metrics` those of the last step (the progress bar shows them). This hook runs after
-        every callback's and right before Lightning decides to write, so the condition is final."""
         trainer = self.trainer
         if trainer.fast_dev_run or getattr(trainer._logger_connector, "should_update_logs", True):
-            self.log_dict(self.step_metrics, batch_size=batch.size)
+            self._write_step(metrics)
+
+    def _write_step(self, metrics: dict[str, float]) -> None:
+        """The step's row, on the steps Lightning's loggers write (every `log_every_n_steps`), written
+        to the loggers here rather than through `self.log`, for two reasons. Order: this runs before
+        any callback's `on_train_batch_end`, where checkpoints are saved (and save the loggers), so
+        a run killed after the checkpoint of this step keeps the row; through `self.log` the row
+        came after, and a kill in between lost it. Cost: `self.log` walks every stored result on
+        each call (~0.6 ms per key, a few percent of a small model's step); it is now called only
+        on these steps, with `logger=False`, so that `callback_metrics` has the values too. The
+        row is the one Lightning writes: step counted from 0, the epoch added."""
+        step = self.global_step - 1  # the optimiser has stepped
+        for logger in self.loggers:
+            logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
+            logger.save()
+        self.log_dict(metrics, logger=False, batch_size=1)  # per-step values: no batch-size weighting
 
     # --- evaluation ------------------------------------------------------------------------------
     def validation_step(self, batch: Batch, batch_idx: int) -> None:
