@@ -69,6 +69,7 @@ from kdlight.data.batch import Batch
 from kdlight.data.tokenizer import SPECIAL_TOKENS
 from kdlight.methods.on_policy import StudentSamples
 from kdlight.models.build import build_model, count_parameters
+from kdlight.processes import prepare_compute
 from kdlight.training.module import DistillationModule
 from kdlight.training.teacher import LiveTeacher
 from kdlight.training.teacher_cache import (CachedSparseTeacher, TeacherCacheSpec, check_cacheable,
@@ -605,7 +606,7 @@ def main() -> None:
     unknown = [p for p in pairs if p not in PAIRS] + [v for v in variants if v not in VARIANTS]
     if unknown or args.repeats < 1 or args.steps < 1:
         parser.error(f"unknown pairs or variants {unknown}, or repeats/steps below 1")
-    torch.set_num_threads(args.threads)
+    prepare_compute(args.threads)  # as kdlight's commands set up their process; every variant runs in it
     # conf/trainer/cpu.yaml turns deterministic algorithms on for kdlight's Trainer, process-wide:
     # on from the start, every variant (floor and TRL included) runs under the same setting.
     torch.use_deterministic_algorithms(True)

@@ -23,6 +23,7 @@ from kdlight.io import write_json, write_jsonl
 from kdlight.models.build import ModelSpec, build_model, count_parameters
 from kdlight.models.decoding import Decoding, predictions
 from kdlight.models.vocab import ModelVocab, shared_vocab_size
+from kdlight.processes import prepare_compute
 from kdlight.run.spec import RunResult
 from kdlight.tasks.base import Task
 
@@ -97,8 +98,7 @@ def evaluate(run: EvalRun, out: str | Path) -> RunResult:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     L.seed_everything(run.seed, workers=True)
-    if run.threads:
-        torch.set_num_threads(run.threads)
+    prepare_compute(run.threads)
     # The training text is read only to train a tokenizer for a model that has none.
     needs_text = run.tokenizer.path is None and not has_tokenizer(run.model.weights)
     datamodule = TaskDataModule(run.data, run.data_name, run.benchmarks, seed=run.seed, use_train=needs_text)

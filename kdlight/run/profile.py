@@ -58,6 +58,7 @@ from kdlight.models.build import ModelSpec, build_model, count_parameters
 from kdlight.models.decoding import generate
 from kdlight.models.lm import target_logits
 from kdlight.models.vocab import ModelVocab, shared_vocab_size
+from kdlight.processes import prepare_compute
 
 log = logging.getLogger(__name__)
 
@@ -189,8 +190,7 @@ def profile(run: ProfileRun, out: str | Path) -> list[dict]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     device = resolve_device(run.device)
-    if run.threads:
-        torch.set_num_threads(run.threads)
+    prepare_compute(run.threads)
     items, tokenizer = _inputs(run, out)
     models = _build(run, tokenizer, device)
     vocab = shared_vocab_size(tokenizer, [ModelVocab(p.role, p.model, saved_tokenizer(p.spec.weights)) for p in models])

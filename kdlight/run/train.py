@@ -29,6 +29,7 @@ from kdlight.methods.base import Method, PrepareContext
 from kdlight.models.build import ModelSpec, build_model, count_parameters, save_model
 from kdlight.models.lora import add_lora, merged
 from kdlight.models.vocab import ModelVocab, VocabularyMismatch, add_mask_token, shared_vocab_size
+from kdlight.processes import prepare_compute
 from kdlight.run.evaluate import score_eval_sets
 from kdlight.run.spec import Run, RunResult
 from kdlight.targets.store import TargetStore
@@ -50,8 +51,7 @@ def train(run: Run, out: str | Path) -> RunResult:
     _check_something_to_train(run)
     _check_select_by(run)
     L.seed_everything(run.seed, workers=True)
-    if run.threads:
-        torch.set_num_threads(run.threads)
+    prepare_compute(run.threads)
     teacher_spec = run.teacher if (run.method.needs_teacher or run.teacher_kl) else None
     _check_teacher(run, teacher_spec)
     method = _check_teacher_cache(run, teacher_spec)
