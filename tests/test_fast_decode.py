@@ -125,6 +125,9 @@ def test_draw_never_picks_a_token_of_probability_zero_and_follows_the_rest():
     drawn = torch.stack([draw(probs) for _ in range(20000)])  # [draws, 2]
     assert set(drawn[:, 0].tolist()) == {1, 4} and set(drawn[:, 1].tolist()) == {3}
     assert float((drawn[:, 0] == 1).float().mean()) == pytest.approx(0.2, abs=0.01)  # std 0.003
+    for bad in (torch.zeros(1, 6), torch.full((1, 6), float("nan"))):  # refused, as torch.multinomial does
+        with pytest.raises(ValueError, match="NaN, infinite or all zero"):
+            draw(bad)
 
 
 def test_sampling_follows_the_model_distribution(tokenizer):

@@ -187,6 +187,29 @@ def test_loggers_get_every_metric_on_their_steps_and_the_bar_the_loss_of_each_st
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(each.metrics[3]["train/loss"])
 
 
+def test_a_run_stopped_by_a_callback_logs_its_last_step(tokenizer, tmp_path):
+    """Lightning logs the step at which a callback stops the run (here at step 3, between the
+    logging steps 2 and 4): the loop writes that row too."""
+    import csv
+
+    import lightning as L
+    from lightning.pytorch.loggers import CSVLogger
+
+    class StopAtThree(L.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            trainer.should_stop = trainer.global_step == 3
+
+    module = make_module(tokenizer, rkd(ce_weight=0.5))
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=10, log_every_n_steps=2, callbacks=[StopAtThree()],
+                        logger=CSVLogger(tmp_path, name="", version=""), enable_model_summary=False,
+                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=loader(toy_batches(tokenizer) * 2))
+    with open(tmp_path / "metrics.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert module.global_step == 3 and [int(row["step"]) for row in rows] == [1, 2]
+    assert float(rows[-1]["train/loss"]) == pytest.approx(module.step_metrics["train/loss"])
+
+
 def test_non_boolean_speed_switches_are_refused():
     with pytest.raises(ValueError, match="loop.fused_head must be true or false, got 'maybe'"):
         LoopOptions(fused_head="maybe")

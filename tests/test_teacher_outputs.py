@@ -96,6 +96,11 @@ def test_key_covers_teacher_prompts_decoding_and_top_k(tokenizer, datamodule):
     assert other.cache_key(ctx, greedy(), 0, 0, 5) != key
     fewer = PrepareContext(ctx.prompts[:-1], teacher, tokenizer, len(tokenizer))
     assert teacher.cache_key(fewer, greedy(), 0, 0, 5) != key
+    # Sampled outputs name their sampler (kdlight's decoder and HF generate draw differently under
+    # one seed); greedy and beam keys do not carry it, so their caches stay valid.
+    assert sampled["sampler"] == "inverse_transform" and "sampler" not in key
+    teacher.model.to(torch.bfloat16)  # bf16 goes to HF generate
+    assert teacher.cache_key(ctx, Decoding("sample", max_new_tokens=8), 0, 0, 5)["sampler"] == "hf_multinomial"
 
 
 def test_a_saved_teacher_is_keyed_by_its_checkpoint_files(tokenizer, tmp_path):

@@ -178,7 +178,8 @@ class Method:
             source's, e.g. SeqKD's CE on the teacher's outputs), or `gold_on_sequences` (gold
             labels read through the source's sequences, which must align with gold position for
             position: one student pass instead of two, e.g. for KID); None: the source's
-            `default_ce_on` (`gold`; KID's `gold_on_sequences`).
+            `default_ce_on` (`gold`; KID's `gold_on_sequences`), resolved when the method is made
+            (`dataclasses.replace` with another source keeps the resolved value: pass ce_on too).
         teacher_dropout: run the teacher with dropout on (noisy KD).
     """
 

@@ -136,6 +136,19 @@ def _own_generation_config(model: PreTrainedModel) -> Iterator[None]:
         model.generation_config = saved
 
 
+def _fast_path(model: PreTrainedModel, decoding: Decoding, synced: bool) -> bool:
+    return not synced and unsupported_reason(model, decoding.strategy, decoding.top_k, decoding.top_p) is None
+
+
+def sampler(model: PreTrainedModel, decoding: Decoding, synced: bool = False) -> str | None:
+    """Which sampler `generate` draws `decoding`'s samples with (None when it does not sample): the
+    two give the same distribution but not the same draws under one seed, so caches of sampled
+    outputs keep it in their key."""
+    if decoding.strategy != "sample":
+        return None
+    return "inverse_transform" if _fast_path(model, decoding, synced) else "hf_multinomial"
+
+
 @torch.no_grad()
 def generate(model: PreTrainedModel, batch: Batch, decoding: Decoding, eos_id: int, pad_id: int, vocab_size: int,
              synced: bool = False) -> list[list[int]]:
@@ -151,7 +164,7 @@ def generate(model: PreTrainedModel, batch: Batch, decoding: Decoding, eos_id: i
     supports (float32 Llama / Qwen2 on a CPU) run its static-cache decoder, which gives HF's greedy
     outputs faster; everything else, and every sharded (`synced`) model, runs HF `generate`.
     """
-    if synced or unsupported_reason(model, decoding.strategy, decoding.top_k, decoding.top_p) is not None:
+    if not _fast_path(model, decoding, synced):
         return hf_generate(model, batch, decoding, eos_id, pad_id, vocab_size, synced)
     n = decoding.num_return_sequences  # prompt-major, as HF expands them
     new = fast_generate(model, batch.prompt_ids.repeat_interleave(n, dim=0), batch.prompt_mask.repeat_interleave(n, dim=0),

@@ -105,6 +105,7 @@ class DistillationModule(L.LightningModule):
         # The entry point logs the whole resolved config; these keys must not collide with it.
         self.save_hyperparameters({"method_name": method.name, "shared_vocab_size": vocab_size})
         self.step_metrics: dict[str, float] = {}  # the last training step's `train/*` values
+        self._written_step = -1  # the step of the last row written to the loggers
 
     # --- placement -------------------------------------------------------------------------------
     def _place_teacher(self) -> None:
@@ -258,6 +259,18 @@ class DistillationModule(L.LightningModule):
         if trainer.fast_dev_run or getattr(trainer._logger_connector, "should_update_logs", True):
             self._write_step(metrics)
 
+    def on_train_batch_end(self, outputs, batch: Batch, batch_idx: int) -> None:
+        """A callback that stops the run in its `on_train_batch_end` (Lightning's `max_time`, early
+        stopping on training metrics) makes this last step a logging step after the fact: its row
+        is written now (after any checkpoint of the step, as Lightning would)."""
+        if self.trainer.should_stop and self._written_step != self._row_step():
+            self._write_step(self.step_metrics)
+
+    def _row_step(self) -> int:
+        """The step Lightning labels this step's rows with (validation rows too): optimiser steps
+        before it, counted by the loop (`global_step - 1` but for one resume corner)."""
+        return self.trainer.fit_loop.epoch_loop._batches_that_stepped
+
     def _write_step(self, metrics: dict[str, float]) -> None:
         """The step's row, on the steps Lightning's loggers write (every `log_every_n_steps`), written
         to the loggers here rather than through `self.log`, for two reasons. Order: this runs before
@@ -267,7 +280,7 @@ class DistillationModule(L.LightningModule):
         each call (~0.6 ms per key, a few percent of a small model's step); it is now called only
         on these steps, with `logger=False`, so that `callback_metrics` has the values too. The
         row is the one Lightning writes: step counted from 0, the epoch added."""
-        step = self.global_step - 1  # the optimiser has stepped
+        step = self._written_step = self._row_step()
         for logger in self.loggers:
             logger.log_metrics({**metrics, "epoch": self.current_epoch}, step=step)
             logger.save()

@@ -39,7 +39,7 @@ from kdlight.data.module import PromptItem
 from kdlight.losses.fused import HeadInputs
 from kdlight.losses.sparse import SparseTargets
 from kdlight.methods.base import Method, PrepareContext
-from kdlight.models.decoding import Decoding, generate
+from kdlight.models.decoding import Decoding, generate, sampler
 from kdlight.models.lm import output_head, set_training, take_positions, target_hidden, target_logits
 from kdlight.targets.store import GenerationJournal, StoredSequence, TargetStore
 
@@ -194,9 +194,12 @@ class LiveTeacher(Teacher):
         prompts = sorted({(p.text, tuple(p.ids)) for p in ctx.prompts})
         digest = hashlib.sha256(json.dumps(prompts).encode()).hexdigest()
         sampled = decoding.strategy == "sample"
-        return {"teacher": teacher_fingerprint(self.model), "prompts": digest, "n_prompts": len(prompts),
-                "vocab_size": ctx.vocab_size, "decoding": decoding.key(), "top_k": top_k,
-                "seed": seed if sampled else None, "batch_size": batch_size if sampled else None}
+        key = {"teacher": teacher_fingerprint(self.model), "prompts": digest, "n_prompts": len(prompts),
+               "vocab_size": ctx.vocab_size, "decoding": decoding.key(), "top_k": top_k,
+               "seed": seed if sampled else None, "batch_size": batch_size if sampled else None}
+        if sampled:  # only then: the keys of greedy and beam outputs stay as they were
+            key["sampler"] = sampler(self.model, decoding, synced=self.sharded)
+        return key
 
     def _share(self, n_chunks: int, ctx: PrepareContext) -> list[int]:
         """This rank's chunk numbers; equally many on every rank when the teacher is sharded (its
