@@ -66,9 +66,7 @@ def log_mixture_ratios(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float
     Built from d = log p - log q and the heavier side of the mixture, e.g. for w ≤ ½
     log(m/q) = log((1-w) + w·e^d) = log(1-w) + softplus(d + log w - log(1-w)): near the end points
     (w -> 0 or 1, where m is almost one of the two) the small log-ratio comes out directly instead
-    of as the difference of two large ones. softplus is one fused pass (log1p(e^x)); its input is
-    clamped at `EXP_FLOOR` so that its `exp` never returns a subnormal (the slow path; the clamp
-    changes the result by < 2e-35).
+    of as the difference of two large ones.
     """
     d = log_p - log_q
     if weight_p <= 0.0 or weight_p >= 1.0:
@@ -76,12 +74,19 @@ def log_mixture_ratios(log_p: torch.Tensor, log_q: torch.Tensor, weight_p: float
         return (d, zero) if weight_p <= 0.0 else (zero, d.neg_())
     log_w, log_rest = math.log(weight_p), math.log1p(-weight_p)
     if weight_p <= 0.5:  # m is mostly q
-        x = (d + (log_w - log_rest)).clamp_min_(EXP_FLOOR)
-        q_over_m = torch.nn.functional.softplus(x).add_(log_rest).neg_()  # -log(m/q)
+        q_over_m = _softplus_(d + (log_w - log_rest)).add_(log_rest).neg_()  # -log(m/q)
         return d.add_(q_over_m), q_over_m
-    x = torch.sub(log_rest - log_w, d).clamp_min_(EXP_FLOOR)
-    p_over_m = torch.nn.functional.softplus(x).add_(log_w).neg_()  # -log(m/p)
+    p_over_m = _softplus_(torch.sub(log_rest - log_w, d)).add_(log_w).neg_()  # -log(m/p)
     return p_over_m, p_over_m - d
+
+
+def _softplus_(x: torch.Tensor) -> torch.Tensor:
+    """log(1 + e^x) = max(x, 0) + log1p(e^-|x|), into a new tensor; overwrites `x`. |x| is capped
+    at 80 so that `exp` never returns a subnormal (its slow path; the cap changes the result by
+    < 2e-35). Not `torch.nn.functional.softplus`: it computes a tensor's last few elements with
+    another formula than the rest, so its bits, and the divergence's, would depend on where a
+    chunk of positions ends."""
+    return x.abs().clamp_max_(-EXP_FLOOR).neg_().exp_().log1p_().add_(x.clamp_min_(0.0))
 
 
 def _through_softmax(q: torch.Tensor, g: torch.Tensor, temperature: float) -> torch.Tensor:
