@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import copy
+import csv
 from functools import partial
 
+import lightning as L
 import pytest
 import torch
+from lightning.pytorch.loggers import CSVLogger
 
 from kdlight.losses import (ForwardKL, GeneralizedJSD, JensenShannon, ReverseKL, SkewForwardKL, SkewReverseKL,
                             TotalVariation)
 from kdlight.methods import GoldSequences, Method
 from kdlight.models import Decoding, generate, target_logits
+from kdlight.training.callbacks import LossProgressBar
 from kdlight.training.module import DistillationModule, LoopOptions
 from kdlight.training.objective import micro_batch_loss
 from tests.helpers import cpu_trainer, loader, tiny_model, toy_batches
@@ -137,15 +141,27 @@ def test_method_with_nothing_to_train_is_refused():
         Method("empty", GoldSequences(), None, ce_weight=0.0)
 
 
+def csv_rows(folder) -> list[dict]:
+    path = folder / "metrics.csv"
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def fit_logging_every_2_steps(tokenizer, tmp_path, max_steps: int, callbacks: list):
+    """An rkd module fitted with a CSV logger writing every 2 steps (2 batches an epoch): (module, trainer, rows)."""
+    module = make_module(tokenizer, rkd(ce_weight=0.5))
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max_steps, log_every_n_steps=2, callbacks=callbacks,
+                        logger=CSVLogger(tmp_path, name="", version=""), enable_model_summary=False,
+                        enable_checkpointing=False, default_root_dir=tmp_path)
+    trainer.fit(module, train_dataloaders=loader(toy_batches(tokenizer) * 2))
+    return module, trainer, csv_rows(tmp_path)
+
+
 def test_loggers_get_every_metric_on_their_steps_and_the_bar_the_loss_of_each_step(tokenizer, tmp_path):
     """The step's metrics reach Lightning only on the steps its loggers write: the CSV file has one
     row per `log_every_n_steps` with the values of that step; the progress bar shows every step's loss."""
-    import csv
-
-    import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
-
-    from kdlight.training.callbacks import LossProgressBar
 
     class EachStep(L.Callback):
         """Where checkpoints are saved: records the step's metrics, the bar's loss, and the last
@@ -157,21 +173,11 @@ def test_loggers_get_every_metric_on_their_steps_and_the_bar_the_loss_of_each_st
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             self.metrics.append(dict(pl_module.step_metrics))
             self.bar_loss.append(bar.get_metrics(trainer, pl_module)["loss"])
-            path = tmp_path / "metrics.csv"
-            if path.exists():
-                with open(path, newline="") as f:
-                    self.on_disk.append(int(list(csv.DictReader(f))[-1]["step"]))
-            else:
-                self.on_disk.append(None)
+            rows = csv_rows(tmp_path)
+            self.on_disk.append(int(rows[-1]["step"]) if rows else None)
 
-    module = make_module(tokenizer, rkd(ce_weight=0.5))
     bar, each = LossProgressBar(refresh_rate=1), EachStep()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=5, log_every_n_steps=2, callbacks=[bar, each],
-                        logger=CSVLogger(tmp_path, name="", version=""), enable_model_summary=False,
-                        enable_checkpointing=False, default_root_dir=tmp_path)
-    trainer.fit(module, train_dataloaders=loader(toy_batches(tokenizer) * 2))
-    with open(tmp_path / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    _, trainer, rows = fit_logging_every_2_steps(tokenizer, tmp_path, 5, [bar, each])
     assert [int(row["step"]) for row in rows] == [1, 3]  # steps 2 and 4 (Lightning counts from 0)
     assert [row["epoch"] for row in rows] == ["0", "1"]  # 2 batches an epoch
     # A checkpoint saved at a logging step (callbacks' on_train_batch_end) has that step's row on disk.
@@ -190,22 +196,12 @@ def test_loggers_get_every_metric_on_their_steps_and_the_bar_the_loss_of_each_st
 def test_a_run_stopped_by_a_callback_logs_its_last_step(tokenizer, tmp_path):
     """Lightning logs the step at which a callback stops the run (here at step 3, between the
     logging steps 2 and 4): the loop writes that row too."""
-    import csv
-
-    import lightning as L
-    from lightning.pytorch.loggers import CSVLogger
 
     class StopAtThree(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             trainer.should_stop = trainer.global_step == 3
 
-    module = make_module(tokenizer, rkd(ce_weight=0.5))
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=10, log_every_n_steps=2, callbacks=[StopAtThree()],
-                        logger=CSVLogger(tmp_path, name="", version=""), enable_model_summary=False,
-                        enable_checkpointing=False, enable_progress_bar=False, default_root_dir=tmp_path)
-    trainer.fit(module, train_dataloaders=loader(toy_batches(tokenizer) * 2))
-    with open(tmp_path / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
+    module, _, rows = fit_logging_every_2_steps(tokenizer, tmp_path, 10, [StopAtThree()])
     assert module.global_step == 3 and [int(row["step"]) for row in rows] == [1, 2]
     assert float(rows[-1]["train/loss"]) == pytest.approx(module.step_metrics["train/loss"])
 
