@@ -49,6 +49,33 @@ def test_mask_only_ablation_keeps_the_mask_tokens(tokenizer):
     assert torch.equal(rewritten.target_ids[~chosen], batch.target_ids[~chosen])
 
 
+def test_sample_rewrite_draws_from_the_student_under_the_step_generator(tokenizer):
+    """`rewrite: sample` draws each chosen token from the student's softmax given the masked
+    prefix, with the step's generator: the same seed gives the same rewrite, and over many seeds
+    the student's most likely token comes up as often as its probability says."""
+    source, batch = KidSequences(alpha=0.4, strategy="uniform", rewrite="sample"), gold(tokenizer)
+    ctx = context(tokenizer)
+    with torch.no_grad():  # logits x 40: a peaked distribution (a random model's is nearly flat)
+        ctx.student.model.norm.weight.mul_(40.0)
+    chosen = source.choose_positions(batch, ctx)  # uniform: the same positions for every seed
+    masked = torch.where(chosen, torch.full_like(batch.target_ids, tokenizer.mask_token_id), batch.target_ids)
+    with torch.no_grad():
+        probs = torch.softmax(target_logits(ctx.student, batch.with_targets(masked, batch.target_mask),
+                                            len(tokenizer)), -1)[chosen]  # [n, V]
+    top_p, top = probs.max(-1)
+    def rewrite(seed):
+        step = StepContext(ctx.student, None, tokenizer, len(tokenizer), torch.Generator().manual_seed(seed))
+        return source.sequences(batch, step).target_ids
+
+    rewrites = [rewrite(seed) for seed in range(300)]
+    assert torch.equal(rewrites[0], rewrite(0))
+    drawn = torch.stack([r[chosen] for r in rewrites])  # [seeds, n]
+    assert not torch.equal(drawn[0], drawn[1]) and int(drawn.max()) < len(tokenizer)
+    assert all(torch.equal(r[~chosen], batch.target_ids[~chosen]) for r in rewrites)
+    hits, expected = float((drawn == top).float().mean()), float(top_p.mean())
+    assert abs(hits - expected) < 4 * (expected * (1 - expected) / drawn.numel()) ** 0.5 + 1e-3, (hits, expected)
+
+
 def test_hard_and_easy_pick_the_highest_and_lowest_entropy_positions(tokenizer):
     batch, ctx = gold(tokenizer), context(tokenizer)
     log_q = torch.log_softmax(target_logits(ctx.student, batch, len(tokenizer)), -1)

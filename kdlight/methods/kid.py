@@ -24,6 +24,7 @@ import torch
 
 from kdlight.data.batch import Batch
 from kdlight.methods.base import SequenceSource, StepContext, evaluating
+from kdlight.models.fast_decode import draw
 from kdlight.models.lm import output_head, target_hidden, target_logits, target_positions
 
 STRATEGIES = ("random", "uniform", "hard", "easy")
@@ -134,5 +135,5 @@ class KidSequences(SequenceSource):
     def _predict(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         if self.rewrite == "argmax":
             return logits.argmax(-1)
-        probs = torch.softmax(logits.float(), -1).flatten(0, 1).cpu()
-        return torch.multinomial(probs, 1, generator=generator).view(logits.shape[:2]).to(logits.device)
+        probs = torch.softmax(logits.float(), -1).flatten(0, 1).cpu()  # [B*T, V]: a draw at every position
+        return draw(probs, generator).view(logits.shape[:2]).to(logits.device)

@@ -151,17 +151,18 @@ def fast_generate(model: PreTrainedModel, prompt_ids: torch.Tensor, prompt_mask:
     raise AssertionError("unreachable: the loop returns at its last step")
 
 
-def draw(probs: torch.Tensor) -> torch.Tensor:
-    """One token per row of `probs` [B, V] by inverse transform sampling: a uniform number per row
-    from torch's global generator, located in the row's cumulative sum (float64). The first entry
-    whose sum exceeds it is drawn, so a token of probability 0 never is. `torch.multinomial` (HF's
-    sampler) draws an exponential number per vocabulary entry: ~1.6 ms for 8 x 8k here, a sixth of a
-    small model's decode step, against ~0.05 ms."""
+def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token per row of `probs` [B, V] (unnormalised weights are fine) by inverse transform
+    sampling: a uniform number per row from `generator` (None: torch's global one), located in the
+    row's cumulative sum (float64). The first entry whose sum exceeds it is drawn, so a token of
+    probability 0 never is. `torch.multinomial` (HF's sampler) draws an exponential number per
+    vocabulary entry: ~1.6 ms for 8 x 8k here, a sixth of a small model's decode step, against
+    ~0.05 ms. CPU tensors (as `generator`)."""
     cdf = probs.cumsum(-1, dtype=torch.float64)
     total = cdf[:, -1:]
     if not bool(((total > 0) & torch.isfinite(total)).all()):  # as torch.multinomial refuses them
         raise ValueError("sampling: a row of probabilities is NaN, infinite or all zero (non-finite logits?)")
-    u = torch.rand(probs.shape[0], 1, dtype=torch.float64) * total
+    u = torch.rand(probs.shape[0], 1, dtype=torch.float64, generator=generator) * total
     return torch.searchsorted(cdf, u, right=True).squeeze(1).clamp_max_(probs.shape[-1] - 1)
 
 
