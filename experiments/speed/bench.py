@@ -1,6 +1,6 @@
 """Step time of kdlight against the floor, TRL's GKDTrainer and its own methods, in one process.
 
-    .venv/bin/python experiments/speed/bench.py                                  # both pairs, default repeats
+    .venv/bin/python experiments/speed/bench.py                                  # both pairs, default rounds
     .venv/bin/python experiments/speed/bench.py --pairs tiny --repeats 1 --steps 2 --threads 1   # a quick look
 
 Every variant trains its own copy of the same student (same initial weights) on the same random
@@ -84,19 +84,24 @@ CACHE_TOP_K = 64
 
 @dataclass(frozen=True)
 class Pair:
-    """A teacher/student pair: Hydra overrides of conf/train.yaml and the vocabulary size."""
+    """A teacher/student pair: Hydra overrides of conf/train.yaml, the vocabulary size, and the
+    default rounds and steps per block (`--repeats`, `--steps`)."""
 
     vocab: int
     overrides: tuple[str, ...]
+    repeats: int
+    steps: int
 
 
 PAIRS = {
     # conf/model/llama-m.yaml (~0.98M) teaching llama-s (~0.17M), vocabulary 1k.
-    "tiny": Pair(1024, ("model@teacher=llama-m", "model@student=llama-s")),
+    # Its steps take ~40 ms, so a block is short and the machine's moment-to-moment state moves a
+    # block's median by up to ±15%: more and longer blocks than the larger pair's (~1 s steps).
+    "tiny": Pair(1024, ("model@teacher=llama-m", "model@student=llama-s"), repeats=16, steps=8),
     # ~31.5M teacher, ~5.5M student (llama-l sizes), vocabulary 8k.
     "larger": Pair(8192, ("model@teacher=llama-l", "teacher.config.hidden_size=512",
                           "teacher.config.intermediate_size=1536", "teacher.config.num_hidden_layers=8",
-                          "model@student=llama-l", "student.config.num_hidden_layers=4")),
+                          "model@student=llama-l", "student.config.num_hidden_layers=4"), repeats=4, steps=4),
 }
 
 # name -> label; the kdlight variants' Hydra overrides are in METHOD_OVERRIDES.
@@ -549,7 +554,8 @@ def markdown(report: dict) -> str:
     env = report["environment"]
     summary = (f"Measured {report['date']}: {env['cpu']}, {env['threads']} torch threads, torch {env['torch']}, "
                f"transformers {env['transformers']}, trl {env['trl']}, lightning {env['lightning']}; "
-               f"{report['settings']['repeats']} rounds x {report['settings']['steps']} timed steps per variant; "
+               + ", ".join(f"{p}: {report['settings']['repeats'][p]} rounds x {report['settings']['steps'][p]} timed steps"
+                           for p in pairs) + " per variant; "
                f"load average {env['load_average_start'][0]:.2f} at start, {env['load_average_end'][0]:.2f} at end.")
     lines = [summary, "", "| ratio | " + " | ".join(f"{p} pair" for p in pairs) + " | goal |",
              "|---|" + "---|" * len(pairs) + "---|"]
@@ -594,8 +600,10 @@ def markdown(report: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", default="tiny,larger", help=f"comma-separated, of {', '.join(PAIRS)}")
-    parser.add_argument("--repeats", type=int, default=4, help="timed rounds per variant, after one warm-up round")
-    parser.add_argument("--steps", type=int, default=4, help="timed steps per block (each block runs 2 more)")
+    parser.add_argument("--repeats", type=int, help="timed rounds per variant, after one warm-up round "
+                        f"(default per pair: {', '.join(f'{k} {p.repeats}' for k, p in PAIRS.items())})")
+    parser.add_argument("--steps", type=int, help="timed steps per block, each block runs 2 more "
+                        f"(default per pair: {', '.join(f'{k} {p.steps}' for k, p in PAIRS.items())})")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated subset (default: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -604,7 +612,7 @@ def main() -> None:
     args = parser.parse_args()
     pairs, variants = args.pairs.split(","), args.variants.split(",")
     unknown = [p for p in pairs if p not in PAIRS] + [v for v in variants if v not in VARIANTS]
-    if unknown or args.repeats < 1 or args.steps < 1:
+    if unknown or (args.repeats or 1) < 1 or (args.steps or 1) < 1:
         parser.error(f"unknown pairs or variants {unknown}, or repeats/steps below 1")
     prepare_compute(args.threads)  # as kdlight's commands set up their process; every variant runs in it
     # conf/trainer/cpu.yaml turns deterministic algorithms on for kdlight's Trainer, process-wide:
@@ -616,13 +624,15 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "environment": environment(args.threads),
               "settings": {"batch": BATCH, "prompt": PROMPT, "target": TARGET, "dtype": "float32",
-                           "repeats": args.repeats, "steps": args.steps, "seed": args.seed,
+                           "repeats": {p: args.repeats or PAIRS[p].repeats for p in pairs},
+                           "steps": {p: args.steps or PAIRS[p].steps for p in pairs}, "seed": args.seed,
                            "cache_top_k": CACHE_TOP_K, "variants": variants},
               "pairs": {}}
     started = time.perf_counter()
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         for pair in pairs:
-            report["pairs"][pair] = run_pair(pair, variants, args.steps, args.repeats, args.seed, args.threads)
+            report["pairs"][pair] = run_pair(pair, variants, report["settings"]["steps"][pair],
+                                             report["settings"]["repeats"][pair], args.seed, args.threads)
     report["environment"]["load_average_end"] = os.getloadavg()
     report["wall_s"] = time.perf_counter() - started
     out = Path(args.out)

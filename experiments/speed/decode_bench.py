@@ -19,7 +19,8 @@ same seed, but kdlight's sampler is not HF's (inverse transform sampling instead
 draws follow the model's distribution). Timing: one warm-up call of
 each, then `--blocks` blocks, each timing one call of each in alternating order; tokens/s =
 generated tokens (cut after EOS) / wall time of the call, prompt forward included. Reported:
-medians with min-max, and ratios of the medians to HF's. Writes decode_bench.json (settings and
+medians with min-max, and ratios of the medians to HF's. The process is set up as kdlight's
+commands set up theirs (`kdlight.processes.prepare_compute`). Writes decode_bench.json (settings and
 raw times) to experiments/speed/results/ or to --out.
 """
 
@@ -45,6 +46,7 @@ from kdlight.data.tokenizer import train_tokenizer
 from kdlight.models import Decoding, ModelSpec, build_model, count_parameters
 from kdlight.models.decoding import generate, hf_generate
 from kdlight.models.fast_decode import unsupported_reason
+from kdlight.processes import prepare_compute
 
 
 def model_spec(name: str) -> ModelSpec:
@@ -172,7 +174,7 @@ def main() -> None:
                         help="skip the torch.compile column (its compilation takes tens of seconds per model)")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "decode_bench.json")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    prepare_compute(args.threads)  # as kdlight's commands set up their process
     tokenizer = synthetic_tokenizer(args.vocab)
     rows = [bench(name, strategy, tokenizer, args) for name in args.models.split(",")
             for strategy in args.strategies.split(",")]
