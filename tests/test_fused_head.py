@@ -234,8 +234,11 @@ def test_a_training_step_updates_the_same_with_and_without_the_fused_head(tokeni
         cpu_trainer(tmp_path / str(fused), max_steps=2).fit(module, train_dataloaders=loader([batch, batch]))
         students.append(copy.deepcopy(student.state_dict()))
     before = tiny_model(tokenizer, seed=0).state_dict()
+    # atol 5e-6: AdamW divides a gradient by its own size, so the rounding of near-zero gradients
+    # (the two paths project the head in another order) moves an update by ~1e-6; a wrong gradient
+    # moves it by ~lr = 1e-2.
     for name, tensor in students[1].items():
-        torch.testing.assert_close(students[0][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(students[0][name], tensor, rtol=1e-5, atol=5e-6, msg=name)
     assert any(not torch.equal(t, before[n]) for n, t in students[0].items())
 
 

@@ -95,6 +95,20 @@ def _through_softmax(q: torch.Tensor, g: torch.Tensor, temperature: float) -> to
     return g.mul_(temperature) if temperature != 1.0 else g
 
 
+def _expectation_and_grad(q: torch.Tensor, g: torch.Tensor, temperature: float, scale: float = 1.0,
+                          need_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """E_q[g] = Σ_v q_v g_v per row and, for ∂D/∂q = scale·g, the gradient `_through_softmax` gives,
+    from the same product: scale·τ·(q ⊙ g - E_q[g]·q). For divergences whose value is that
+    expectation (reverse KL, GJSD's student side): 3-4 passes over [N, V] instead of 7. Overwrites `g`."""
+    qg = g.mul_(q)
+    expectation = qg.sum(-1)
+    if not need_grad:
+        return expectation, None
+    grad = qg.addcmul_(q, expectation.unsqueeze(-1), value=-1.0)
+    factor = scale * temperature
+    return expectation, grad.mul_(factor) if factor != 1.0 else grad
+
+
 def _scaled(value: torch.Tensor, temperature: float) -> torch.Tensor:
     return value * temperature**2 if temperature != 1.0 else value
 
@@ -124,8 +138,7 @@ def reverse_kl_and_grad(student_logits: torch.Tensor, teacher_logits: torch.Tens
     log_q = log_probs(student_logits, temperature)
     log_ratio = log_q - log_probs(teacher_logits, temperature)
     q = log_q.clamp_min_(EXP_FLOOR).exp_()
-    value = (q * log_ratio).sum(-1)
-    grad = _through_softmax(q, log_ratio, temperature) if need_grad else None
+    value, grad = _expectation_and_grad(q, log_ratio, temperature, need_grad=need_grad)
     return _scaled(value, temperature), grad
 
 
@@ -144,9 +157,8 @@ def generalized_jsd_and_grad(student_logits: torch.Tensor, teacher_logits: torch
     p_part, q_part = log_mixture_ratios(log_p, log_q, beta)  # log(p/m), log(q/m)
     value = beta * (probs(log_p) * p_part).sum(-1)
     q = log_q.clamp_min_(EXP_FLOOR).exp_()
-    value += (1 - beta) * (q * q_part).sum(-1)
-    grad = _through_softmax(q, q_part.mul_(1 - beta), temperature) if need_grad else None
-    return _scaled(value, temperature), grad
+    q_side, grad = _expectation_and_grad(q, q_part, temperature, 1 - beta, need_grad)
+    return _scaled(value.add_(q_side, alpha=1 - beta), temperature), grad
 
 
 def check_gjsd_beta(beta: float) -> None:
