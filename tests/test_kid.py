@@ -8,9 +8,10 @@ import torch
 from kdlight.losses import ReverseKL
 from kdlight.methods import GoldSequences, Method, StepContext
 from kdlight.methods.kid import KidSequences
-from kdlight.models.lm import target_logits
+from kdlight.models.lm import output_head, target_logits
 from kdlight.training.objective import micro_batch_loss
 from tests.helpers import tiny_model, toy_batches
+from tests.test_fused_head import GEMMA2_SOFTCAPPED
 from tests.test_module import make_module
 
 
@@ -39,6 +40,24 @@ def test_exactly_the_chosen_positions_change_and_the_prompt_never_does(tokenizer
     masked = torch.where(chosen, torch.full_like(batch.target_ids, tokenizer.mask_token_id), batch.target_ids)
     predicted = target_logits(ctx.student, batch.with_targets(masked, batch.target_mask), len(tokenizer)).argmax(-1)
     assert torch.equal(rewritten.target_ids[chosen], predicted[chosen])
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2"])
+def test_the_rewrite_reads_the_models_own_logits_with_or_without_a_plain_head(tokenizer, family):
+    """Llama's chosen positions go through its output head alone; Gemma 2 soft-caps its logits after
+    the projection (no plain head), so its full logits are formed and the chosen rows taken."""
+    student = tiny_model(tokenizer, family, seed=3, **(GEMMA2_SOFTCAPPED if family == "gemma2" else {})).eval()
+    assert (output_head(student) is None) == (family == "gemma2")
+    source, batch = KidSequences(alpha=0.4), gold(tokenizer)
+
+    def step():
+        return StepContext(student, None, tokenizer, len(tokenizer), torch.Generator().manual_seed(0))
+
+    chosen, rewritten = source.choose_positions(batch, step()), source.sequences(batch, step())
+    masked = torch.where(chosen, torch.full_like(batch.target_ids, tokenizer.mask_token_id), batch.target_ids)
+    predicted = target_logits(student, batch.with_targets(masked, batch.target_mask), len(tokenizer)).argmax(-1)
+    assert torch.equal(rewritten.target_ids[chosen], predicted[chosen])
+    assert torch.equal(rewritten.target_ids[~chosen], batch.target_ids[~chosen])
 
 
 def test_mask_only_ablation_keeps_the_mask_tokens(tokenizer):

@@ -25,7 +25,7 @@ import torch
 from kdlight.data.batch import Batch
 from kdlight.methods.base import SequenceSource, StepContext, evaluating
 from kdlight.models.fast_decode import draw
-from kdlight.models.lm import output_head, target_hidden, target_logits, target_positions
+from kdlight.models.lm import output_head, take_positions, target_hidden, target_logits, target_positions
 
 STRATEGIES = ("random", "uniform", "hard", "easy")
 REWRITES = ("argmax", "sample", "mask_only")
@@ -92,18 +92,20 @@ class KidSequences(SequenceSource):
         return gold.with_targets(torch.where(chosen, predicted, gold.target_ids), gold.target_mask)
 
     def _predict_at(self, student, masked: Batch, chosen: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        """[B, T] the student's rewrite (meaningful where `chosen`). With argmax and a plain output
-        head only the chosen positions are projected to the vocabulary (a fifth of the targets at
-        α = 0.2: the projection is most of a small student's forward at a large vocabulary)."""
-        head = output_head(student) if self.rewrite == "argmax" else None
-        if head is None:  # sampling draws at every position, so its random stream stays the same
-            return self._predict(target_logits(student, masked, ctx.vocab_size), ctx.generator)
+        """[B, T] the student's rewrite (meaningful where `chosen`). Only the chosen positions' logits
+        are formed: with a plain output head only they are projected to the vocabulary (a fifth of
+        the targets at α = 0.2: the projection is most of a small student's forward at a large
+        vocabulary), and a sampled rewrite draws one uniform number per chosen position."""
         positions = target_positions(chosen)
-        bias = head.bias[: ctx.vocab_size] if head.bias is not None else None
-        logits = torch.nn.functional.linear(target_hidden(student, masked, positions), head.weight[: ctx.vocab_size],
-                                            bias)
+        head = output_head(student)
+        if head is None:
+            logits = take_positions(target_logits(student, masked, ctx.vocab_size), positions)
+        else:
+            bias = head.bias[: ctx.vocab_size] if head.bias is not None else None
+            logits = torch.nn.functional.linear(target_hidden(student, masked, positions),
+                                                head.weight[: ctx.vocab_size], bias)
         predicted = masked.target_ids.flatten().clone()
-        predicted[positions] = logits.argmax(-1)
+        predicted[positions] = self._predict(logits, ctx.generator)
         return predicted.view_as(masked.target_ids)
 
     def choose_positions(self, gold: Batch, ctx: StepContext) -> torch.Tensor:
@@ -133,7 +135,7 @@ class KidSequences(SequenceSource):
         return entropy if self.strategy == "hard" else -entropy
 
     def _predict(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """[n, V] logits -> [n] tokens: the argmax, or a draw with the step's (CPU) generator."""
         if self.rewrite == "argmax":
             return logits.argmax(-1)
-        probs = torch.softmax(logits.float(), -1).flatten(0, 1).cpu()  # [B*T, V]: a draw at every position
-        return draw(probs, generator).view(logits.shape[:2]).to(logits.device)
+        return draw(torch.softmax(logits.float(), -1).cpu(), generator).to(logits.device)

@@ -157,7 +157,7 @@ def draw(probs: torch.Tensor, generator: torch.Generator | None = None) -> torch
     row's cumulative sum (float64). The first entry whose sum exceeds it is drawn, so a token of
     probability 0 never is. `torch.multinomial` (HF's sampler) draws an exponential number per
     vocabulary entry: ~1.6 ms for 8 x 8k here, a sixth of a small model's decode step, against
-    ~0.05 ms. CPU tensors (as `generator`)."""
+    ~0.05 ms. `probs` and `generator` on the CPU."""
     cdf = probs.cumsum(-1, dtype=torch.float64)
     total = cdf[:, -1:]
     if not bool(((total > 0) & torch.isfinite(total)).all()):  # as torch.multinomial refuses them
