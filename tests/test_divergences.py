@@ -110,14 +110,14 @@ def test_bf16_inputs_are_computed_in_fp32(name, fn, ref, _):
 
 
 @pytest.mark.parametrize("name,fn,ref,make", CASES, ids=IDS)
-@pytest.mark.parametrize("chunk", [1, 4, 512])
-def test_gradients_match_autograd_of_reference(name, fn, ref, make, chunk):
+@pytest.mark.parametrize("chunk,tau", [(1, 1.0), (4, 1.0), (512, 1.0), (4, 2.5)])
+def test_gradients_match_autograd_of_reference(name, fn, ref, make, chunk, tau):
     s, t = logits(scale=3, seed=7), logits(scale=3, seed=8)
     weights = torch.rand(6, generator=torch.Generator().manual_seed(0))  # a non-uniform upstream gradient
     mine = s.clone().requires_grad_()
-    (make(chunk_size=chunk)(mine, t) * weights).sum().backward()
+    (make(chunk_size=chunk, temperature=tau)(mine, t) * weights).sum().backward()
     reference = s.double().clone().requires_grad_()
-    (ref(reference, t) * weights.double()).sum().backward()
+    (ref(reference, t, tau) * weights.double()).sum().backward()
     torch.testing.assert_close(mine.grad.double(), reference.grad, rtol=1e-4, atol=1e-6)
 
 

@@ -16,7 +16,8 @@ Speed. Each divergence is written once, as `<name>_and_grad`: its value *and* it
 respect to the student logits in closed form, so no autograd graph is built through the softmaxes
 and the mixture (whose `stack` + `logsumexp` backward was the slowest part of a step). With
 g = ∂D/∂q, the chain rule through q = softmax(s/τ) gives ∂(τ²D)/∂s = τ·q ⊙ (g - Σ_v q_v g_v)
-(`_through_softmax`); each function only derives its g.
+(`_through_softmax`; `_expectation_and_grad` where the value is Σ_v q_v g_v itself, from the same
+product); each function only derives its g.
 
 Underflow. fp32 `exp` of a number below ~-87 underflows into subnormals, which CPUs compute an
 order of magnitude slower, and peaked (trained-like) logits put most of the vocabulary there. So a
