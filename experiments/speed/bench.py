@@ -612,7 +612,7 @@ def main() -> None:
     args = parser.parse_args()
     pairs, variants = args.pairs.split(","), args.variants.split(",")
     unknown = [p for p in pairs if p not in PAIRS] + [v for v in variants if v not in VARIANTS]
-    if unknown or (args.repeats or 1) < 1 or (args.steps or 1) < 1:
+    if unknown or any(n is not None and n < 1 for n in (args.repeats, args.steps)):
         parser.error(f"unknown pairs or variants {unknown}, or repeats/steps below 1")
     prepare_compute(args.threads)  # as kdlight's commands set up their process; every variant runs in it
     # conf/trainer/cpu.yaml turns deterministic algorithms on for kdlight's Trainer, process-wide:
@@ -624,8 +624,9 @@ def main() -> None:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     report = {"date": time.strftime("%Y-%m-%d %H:%M"), "environment": environment(args.threads),
               "settings": {"batch": BATCH, "prompt": PROMPT, "target": TARGET, "dtype": "float32",
-                           "repeats": {p: args.repeats or PAIRS[p].repeats for p in pairs},
-                           "steps": {p: args.steps or PAIRS[p].steps for p in pairs}, "seed": args.seed,
+                           "repeats": {p: PAIRS[p].repeats if args.repeats is None else args.repeats for p in pairs},
+                           "steps": {p: PAIRS[p].steps if args.steps is None else args.steps for p in pairs},
+                           "seed": args.seed,
                            "cache_top_k": CACHE_TOP_K, "variants": variants},
               "pairs": {}}
     started = time.perf_counter()
