@@ -24,6 +24,13 @@ def gold(tokenizer):
     return toy_batches(tokenizer, n=8, seed=4)[0]
 
 
+def masked_logits(student, batch, chosen, tokenizer):
+    """[B, T, V] the student's logits with the chosen target positions masked: what KID predicts from."""
+    masked = torch.where(chosen, torch.full_like(batch.target_ids, tokenizer.mask_token_id), batch.target_ids)
+    with torch.no_grad():
+        return target_logits(student, batch.with_targets(masked, batch.target_mask), len(tokenizer))
+
+
 @pytest.mark.parametrize("strategy", ["random", "uniform", "hard", "easy"])
 def test_exactly_the_chosen_positions_change_and_the_prompt_never_does(tokenizer, strategy):
     source, ctx, batch = KidSequences(alpha=0.4, strategy=strategy), context(tokenizer), gold(tokenizer)
@@ -37,25 +44,22 @@ def test_exactly_the_chosen_positions_change_and_the_prompt_never_does(tokenizer
     changed = rewritten.target_ids != batch.target_ids
     assert not (changed & ~chosen).any()  # nothing outside the chosen positions changes
     # the rewrite is the student's argmax given the masked prefix, at exactly the chosen positions
-    masked = torch.where(chosen, torch.full_like(batch.target_ids, tokenizer.mask_token_id), batch.target_ids)
-    predicted = target_logits(ctx.student, batch.with_targets(masked, batch.target_mask), len(tokenizer)).argmax(-1)
+    predicted = masked_logits(ctx.student, batch, chosen, tokenizer).argmax(-1)
     assert torch.equal(rewritten.target_ids[chosen], predicted[chosen])
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2"])
-def test_the_rewrite_reads_the_models_own_logits_with_or_without_a_plain_head(tokenizer, family):
-    """Llama's chosen positions go through its output head alone; Gemma 2 soft-caps its logits after
-    the projection (no plain head), so its full logits are formed and the chosen rows taken."""
-    student = tiny_model(tokenizer, family, seed=3, **(GEMMA2_SOFTCAPPED if family == "gemma2" else {})).eval()
-    assert (output_head(student) is None) == (family == "gemma2")
+def test_a_student_without_a_plain_output_head_rewrites_from_its_own_logits(tokenizer):
+    """Gemma 2 soft-caps its logits after the projection (no plain head, unlike the Llama above, whose
+    chosen positions go through the head alone): its full logits are formed and the chosen rows taken."""
+    student = tiny_model(tokenizer, "gemma2", seed=3, **GEMMA2_SOFTCAPPED).eval()
+    assert output_head(student) is None
     source, batch = KidSequences(alpha=0.4), gold(tokenizer)
 
     def step():
         return StepContext(student, None, tokenizer, len(tokenizer), torch.Generator().manual_seed(0))
 
     chosen, rewritten = source.choose_positions(batch, step()), source.sequences(batch, step())
-    masked = torch.where(chosen, torch.full_like(batch.target_ids, tokenizer.mask_token_id), batch.target_ids)
-    predicted = target_logits(student, batch.with_targets(masked, batch.target_mask), len(tokenizer)).argmax(-1)
+    predicted = masked_logits(student, batch, chosen, tokenizer).argmax(-1)
     assert torch.equal(rewritten.target_ids[chosen], predicted[chosen])
     assert torch.equal(rewritten.target_ids[~chosen], batch.target_ids[~chosen])
 
@@ -77,11 +81,9 @@ def test_sample_rewrite_draws_from_the_student_under_the_step_generator(tokenize
     with torch.no_grad():  # logits x 40: a peaked distribution (a random model's is nearly flat)
         ctx.student.model.norm.weight.mul_(40.0)
     chosen = source.choose_positions(batch, ctx)  # uniform: the same positions for every seed
-    masked = torch.where(chosen, torch.full_like(batch.target_ids, tokenizer.mask_token_id), batch.target_ids)
-    with torch.no_grad():
-        probs = torch.softmax(target_logits(ctx.student, batch.with_targets(masked, batch.target_mask),
-                                            len(tokenizer)), -1)[chosen]  # [n, V]
+    probs = torch.softmax(masked_logits(ctx.student, batch, chosen, tokenizer), -1)[chosen]  # [n, V]
     top_p, top = probs.max(-1)
+
     def rewrite(seed):
         step = StepContext(ctx.student, None, tokenizer, len(tokenizer), torch.Generator().manual_seed(seed))
         return source.sequences(batch, step).target_ids

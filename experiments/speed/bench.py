@@ -612,8 +612,10 @@ def main() -> None:
     args = parser.parse_args()
     pairs, variants = args.pairs.split(","), args.variants.split(",")
     unknown = [p for p in pairs if p not in PAIRS] + [v for v in variants if v not in VARIANTS]
-    if unknown or any(n is not None and n < 1 for n in (args.repeats, args.steps)):
-        parser.error(f"unknown pairs or variants {unknown}, or repeats/steps below 1")
+    if unknown:
+        parser.error(f"unknown pairs or variants {unknown}: pairs are {', '.join(PAIRS)}; variants {', '.join(VARIANTS)}")
+    if any(n is not None and n < 1 for n in (args.repeats, args.steps)):
+        parser.error(f"--repeats and --steps must be at least 1, got {args.repeats} and {args.steps}")
     prepare_compute(args.threads)  # as kdlight's commands set up their process; every variant runs in it
     # conf/trainer/cpu.yaml turns deterministic algorithms on for kdlight's Trainer, process-wide:
     # on from the start, every variant (floor and TRL included) runs under the same setting.
